@@ -1,0 +1,137 @@
+"""Where UCKA runs: numpy on the CPU, or torch on a CUDA device (optional extra).
+
+Both backends compute the same estimator (:mod:`awmtrace.core.cka`) with the
+same float32 matrices and float64 sums; tests check they agree. The torch
+backend is also usable on the CPU (``device="torch-cpu"``), which is how CI
+tests it without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from awmtrace.core import cka
+from awmtrace.errors import OptionalDependencyMissing, UsageError
+
+__all__ = ["Backend", "NumpyBackend", "TorchBackend", "select_backend", "DEVICES"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class Backend:
+    """UCKA on sample matrices ``(n, p)``; Gram terms for reuse across many pairs."""
+
+    name = "cpu"
+
+    def ucka(self, x: np.ndarray, y: np.ndarray) -> float:
+        return cka.unbiased_linear_cka(x, y)
+
+    def gram_terms(self, x: np.ndarray) -> Any:
+        return cka.gram_terms(x)
+
+    def cka_from_gram_terms(self, tx: Any, ty: Any) -> float:
+        return cka.cka_from_terms(cka.hsic_from_gram_terms(tx, ty), tx.self_hsic, ty.self_hsic)
+
+
+class NumpyBackend(Backend):
+    name = "cpu"
+
+
+@dataclass(frozen=True, eq=False)
+class _TorchTerms:
+    gram: Any  # (n, n) float32 tensor, zero diagonal (full, not triangular)
+    row_sums: Any  # (n,) float64 tensor
+    total: float
+    self_hsic: float
+
+
+class TorchBackend(Backend):
+    """The same estimator with torch tensors on ``device`` (``cuda`` or ``cpu``)."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = "cuda" if self.device.type == "cuda" else "torch-cpu"
+
+    def _t(self, x: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+
+    @staticmethod
+    def _hsic(tr_kl: float, total_k: float, total_l: float, cross: float, n: int) -> float:
+        return (tr_kl + total_k * total_l / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+
+    def gram_terms(self, x: np.ndarray) -> _TorchTerms:
+        torch = self.torch
+        t = self._t(x)
+        n = t.shape[0]
+        k = t @ t.T
+        k.fill_diagonal_(0.0)
+        r = k.sum(dim=1, dtype=torch.float64)
+        total = float(r.sum())
+        tr_kk = float((k * k).sum(dim=1, dtype=torch.float64).sum())
+        return _TorchTerms(gram=k, row_sums=r, total=total, self_hsic=self._hsic(tr_kk, total, total, float(r @ r), n))
+
+    def cka_from_gram_terms(self, tx: _TorchTerms, ty: _TorchTerms) -> float:
+        torch = self.torch
+        n = tx.gram.shape[0]
+        tr_kl = float((tx.gram * ty.gram).sum(dim=1, dtype=torch.float64).sum())
+        hxy = self._hsic(tr_kl, tx.total, ty.total, float(tx.row_sums @ ty.row_sums), n)
+        return cka.cka_from_terms(hxy, tx.self_hsic, ty.self_hsic)
+
+    def _feature(self, t: Any) -> tuple[Any, Any, float, float]:
+        torch = self.torch
+        n = t.shape[0]
+        sq = (t * t).sum(dim=1, dtype=torch.float64)
+        cols = t.sum(dim=0, dtype=torch.float64)
+        rows = (t @ cols.to(torch.float32)).to(torch.float64) - sq
+        total = float(cols @ cols - sq.sum())
+        xtx = t.T @ t
+        tr_kk = float((xtx * xtx).sum(dim=1, dtype=torch.float64).sum()) - float(sq @ sq)
+        return sq, rows, total, self._hsic(tr_kk, total, total, float(rows @ rows), n)
+
+    def ucka(self, x: np.ndarray, y: np.ndarray) -> float:
+        if cka.choose_method(x.shape[0], x.shape[1], y.shape[1]) == "gram":
+            return self.cka_from_gram_terms(self.gram_terms(x), self.gram_terms(y))
+        torch = self.torch
+        tx, ty = self._t(x), self._t(y)
+        n = tx.shape[0]
+        sx, rx, totx, hxx = self._feature(tx)
+        sy, ry, toty, hyy = self._feature(ty)
+        cross = tx.T @ ty
+        tr_kl = float((cross * cross).sum(dim=1, dtype=torch.float64).sum()) - float(sx @ sy)
+        return cka.cka_from_terms(self._hsic(tr_kl, totx, toty, float(rx @ ry), n), hxx, hyy)
+
+
+def _torch_cuda() -> tuple[bool, str]:
+    try:
+        import torch
+    except ImportError:
+        return False, "PyTorch is not installed (pip install 'awmtrace[torch]')"
+    if not torch.cuda.is_available():
+        return False, "PyTorch sees no CUDA device"
+    return True, ""
+
+
+def select_backend(device: str) -> tuple[Backend, str | None]:
+    """The backend for ``device`` and a note for the result when ``auto`` had to fall back."""
+    if device == "cpu":
+        return NumpyBackend(), None
+    if device == "torch-cpu":
+        try:
+            return TorchBackend("cpu"), None
+        except ImportError:
+            raise OptionalDependencyMissing("device torch-cpu needs PyTorch: pip install 'awmtrace[torch]'") from None
+    if device in ("cuda", "auto") or device.startswith("cuda:"):
+        ok, why = _torch_cuda()
+        if ok:
+            return TorchBackend("cuda" if device == "auto" else device), None
+        if device == "auto":
+            return NumpyBackend(), f"device auto: {why}; computed on the CPU"
+        raise OptionalDependencyMissing(f"--device {device} is not available: {why}; use --device cpu or auto")
+    raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+

@@ -1,0 +1,68 @@
+"""Bytes to arrays and metadata: checkpoint readers and vocabularies. No math, no printing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from awmtrace.errors import FormatError, InputNotFound
+from awmtrace.io.base import RowReader, TensorSource
+
+__all__ = ["TensorSource", "RowReader", "open_source", "detect_format", "WEIGHT_SUFFIXES"]
+
+WEIGHT_SUFFIXES = {".safetensors": "safetensors", ".gguf": "gguf", ".bin": "torch", ".pt": "torch", ".pth": "torch"}
+
+
+def _sniff(path: Path) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 8 and int.from_bytes(head, "little") < (1 << 27) and head != b"\0" * 8:
+        return "safetensors"
+    return None
+
+
+def detect_format(path: Path) -> str:
+    """``"safetensors"``, ``"gguf"`` or ``"torch"`` for a file or a model directory."""
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such file or directory")
+    if path.is_file():
+        fmt = WEIGHT_SUFFIXES.get(path.suffix.lower()) or _sniff(path)
+        if fmt is None:
+            raise FormatError(
+                f"{path}: not a checkpoint awmtrace reads (expected .safetensors, .gguf or pytorch .bin)"
+            )
+        return fmt
+    if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
+        return "safetensors"
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return "gguf"
+    if len(ggufs) > 1:
+        raise InputNotFound(f"{path}: holds {len(ggufs)} .gguf files; pass the one to read")
+    if any(path.glob("*.bin")) or (path / "pytorch_model.bin.index.json").is_file():
+        return "torch"
+    raise InputNotFound(
+        f"{path}: no weights here (looked for *.safetensors, model.safetensors.index.json, *.gguf, pytorch_model*.bin)"
+    )
+
+
+def open_source(path: Path) -> TensorSource:
+    """Open a checkpoint lazily: only headers are read."""
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        from awmtrace.io.safetensors_dir import SafetensorsSource
+
+        return SafetensorsSource(path)
+    if fmt == "gguf":
+        from awmtrace.io.gguf_file import GGUFSource
+
+        return GGUFSource(path if path.is_file() else sorted(path.glob("*.gguf"))[0])
+    from awmtrace.io.torch_bin import TorchBinSource
+
+    return TorchBinSource(path)

@@ -1,0 +1,131 @@
+"""The interface every checkpoint reader implements.
+
+A :class:`TensorSource` is lazy: opening it reads only headers; ``read`` and
+``read_rows`` return float32 copies of one tensor (or some of its rows), so a
+caller can hold one layer at a time and drop it. Readers never print and never
+write next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from awmtrace.errors import FormatError, NumericalError
+
+__all__ = ["TensorSource", "RowReader", "read_json", "to_float32"]
+
+
+class TensorSource(ABC):
+    """Lazy access to the named tensors of one checkpoint.
+
+    ``path`` is what the user gave (a directory or a file); ``format`` is
+    ``"safetensors"``, ``"gguf"`` or ``"torch"``. ``config`` is the model's
+    ``config.json`` (empty when there is none) and ``metadata`` the
+    format's own key/value metadata (GGUF fields; empty elsewhere).
+    """
+
+    path: Path
+    format: str
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """All tensor names, in file order."""
+
+    @abstractmethod
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of ``name`` in numpy order (``(d_out, d_in)`` for a linear weight)."""
+
+    @abstractmethod
+    def dtype(self, name: str) -> str:
+        """Storage type as the format names it (``BF16``, ``Q8_0``, ...)."""
+
+    @abstractmethod
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor as a new float32 array."""
+
+    def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (int array, any order) of a 2-D tensor as float32 ``(len(rows), cols)``."""
+        return self.row_reader(name).take(rows)
+
+    def row_reader(self, name: str) -> RowReader:
+        """Random access to the rows of a 2-D tensor, converting only the rows asked for.
+
+        Readers override this to keep the tensor in its stored type (bf16,
+        quantised blocks, a memory map) instead of a float32 copy.
+        """
+        return RowReader(self.read(name), lambda block: block, f"{self.file_of(name)}: tensor {name!r}")
+
+    def read_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """Several tensors at once; readers group them by file."""
+        return {n: self.read(n) for n in names}
+
+    def file_of(self, name: str) -> str:
+        """The file that holds ``name`` (for messages)."""
+        return str(self.path)
+
+    def release(self) -> None:
+        """Drop memory-mapped pages touched so far (they count in RSS while mapped)."""
+
+    def close(self) -> None:
+        """Release file handles and maps."""
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self.names())
+
+
+class RowReader:
+    """Rows of one tensor held in its stored form; ``take`` converts just the rows asked for.
+
+    ``stored``: ``(rows, ...)`` array in the stored type; ``convert`` maps a
+    block of stored rows to values (e.g. dequantisation).
+    """
+
+    def __init__(self, stored: Any, convert: Any, where: str) -> None:
+        self._stored = stored
+        self._convert = convert
+        self._where = where
+        self.n_rows = int(stored.shape[0])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), cols)`` float32 rows, NaN/Inf refused."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return to_float32(self._convert(self._stored[rows]), self._where)
+
+    def close(self) -> None:
+        self._stored = None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Parse a JSON object file, turning every failure into a one-line :class:`FormatError`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def to_float32(array: np.ndarray, where: str) -> np.ndarray:
+    """Convert to a fresh float32 array and refuse NaN/Inf, naming ``where`` in the error."""
+    out = np.array(array, dtype=np.float32, copy=True, order="C")
+    if not np.isfinite(out).all():
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        raise NumericalError(f"{where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
+    return out

@@ -1,0 +1,438 @@
+"""The friendly layer: paths (or Hub ids) in, :class:`PairResult` out.
+
+It opens both checkpoints lazily, aligns hidden dimensions on the shared
+vocabulary, scores attention Q/K layer by layer (reading one layer at a time),
+matches layers when depths differ, and turns the mean score into z, p and a
+verdict. Every decision is recorded in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from awmtrace import __version__
+from awmtrace.arch.resolve import read_attention, read_ffn, resolve
+from awmtrace.core import stats
+from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
+from awmtrace.core.backend import Backend, select_backend
+from awmtrace.errors import AwmError, InputNotFound, UsageError, VocabularyError
+from awmtrace.io import TensorSource, open_source
+from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
+from awmtrace.nulls import load_null
+from awmtrace.types import Alignment, FfnLayerScore, LayerScore, ModelView, NullModel, PairResult
+
+__all__ = [
+    "Model",
+    "open_model",
+    "compare",
+    "compare_models",
+    "compare_many",
+    "Progress",
+    "MIN_SHARED_TOKENS",
+    "WEIGHTS",
+]
+
+log = logging.getLogger("awmtrace")
+
+#: Fewest shared tokens accepted for the embedding alignment by default.
+MIN_SHARED_TOKENS = 256
+#: Weight kinds ``--weights`` accepts; ``up``/``gate`` are the FFN input projections.
+WEIGHTS = ("q", "k", "up", "gate")
+#: Rows of the shared vocabulary converted to float32 at a time.
+EMBEDDING_BLOCK_ROWS = 4096
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as work advances; ``stage`` is a short phrase."""
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass
+class Model:
+    """An opened checkpoint: its tensors, what they mean, and its vocabulary."""
+
+    spec: str
+    source: TensorSource
+    view: ModelView
+    vocab: Vocab | None
+    vocab_error: AwmError | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        d = self.view.summary()
+        d["spec"] = self.spec
+        return d
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def looks_like_repo_id(spec: str) -> bool:
+    """``org/name`` or ``org/name@revision`` that is not an existing local path."""
+    return bool(_REPO_ID.match(spec)) and not Path(spec).exists()
+
+
+def _local_path(spec: str | Path, progress: Progress) -> Path:
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    text = str(spec)
+    if looks_like_repo_id(text):
+        from awmtrace.io import hub
+
+        return hub.ensure_local(text, progress=progress)
+    raise InputNotFound(f"{text}: no such file or directory, and not a Hugging Face repo id (org/name[@revision])")
+
+
+def open_model(spec: str | Path, progress: Progress | None = None) -> Model:
+    """Open a checkpoint (directory, ``.safetensors``, ``.gguf``, ``.bin``, or Hub id) without reading weights."""
+    path = _local_path(spec, progress or _no_progress)
+    source = open_source(path)
+    try:
+        view = resolve(source)
+        vocab: Vocab | None = None
+        vocab_error: AwmError | None = None
+        try:
+            vocab = vocab_for(source)
+        except VocabularyError as exc:
+            vocab_error = exc
+        view = replace(view, tokenizer_source=vocab.source if vocab is not None else None)
+    except BaseException:
+        source.close()
+        raise
+    return Model(spec=str(spec), source=source, view=view, vocab=vocab, vocab_error=vocab_error)
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def _shared_ids(base: Model, other: Model, align: str, min_shared: int) -> tuple[np.ndarray, np.ndarray, str]:
+    rows_b, rows_o = base.view.vocab_size, other.view.vocab_size
+    if align == "ids":
+        if rows_b != rows_o:
+            raise UsageError(
+                f"--align ids needs embeddings with the same number of rows; {base.spec} has {rows_b}, "
+                f"{other.spec} has {rows_o}"
+            )
+        ids = np.arange(rows_b, dtype=np.int64)
+        return ids, ids, "ids"
+    if align != "vocab":
+        raise UsageError(f"align must be 'vocab' or 'ids', got {align!r}")
+    for m in (base, other):
+        if m.vocab_error is not None:
+            raise m.vocab_error
+        if m.vocab is None:
+            hint = (
+                f"; if both models use the same tokenizer, pass --align ids (both embeddings have {rows_b} rows)"
+                if rows_b == rows_o
+                else ""
+            )
+            raise VocabularyError(
+                f"{m.spec}: no tokenizer found (looked for {', '.join(TOKENIZER_FILES)} or GGUF metadata){hint}"
+            )
+    assert base.vocab is not None and other.vocab is not None
+    ids_b, ids_o = shared_tokens(base.vocab, other.vocab, rows_b, rows_o)
+    if ids_b.size < min_shared:
+        raise VocabularyError(
+            f"only {ids_b.size} tokens are shared between {base.spec} ({base.vocab.source}) and "
+            f"{other.spec} ({other.vocab.source}); at least {min_shared} are needed to align hidden dimensions. "
+            "The models likely use unrelated tokenizers"
+        )
+    return ids_b, ids_o, "vocab"
+
+
+def align_models(
+    a: Model, b: Model, align: str = "vocab", min_shared_tokens: int = MIN_SHARED_TOKENS, progress: Progress | None = None
+) -> Alignment:
+    """Match hidden dimensions of ``b`` to ``a`` (or ``a`` to ``b`` when ``b`` is wider)."""
+    progress = progress or _no_progress
+    base_side = "a" if a.view.hidden_size >= b.view.hidden_size else "b"
+    base, other = (a, b) if base_side == "a" else (b, a)
+    ids_base, ids_other, method = _shared_ids(base, other, align, min_shared_tokens)
+    acc = CosineAccumulator(base.view.hidden_size, other.view.hidden_size)
+    reader_base = base.source.row_reader(base.view.embedding.name)
+    reader_other = other.source.row_reader(other.view.embedding.name)
+    total = ids_base.size
+    for start in range(0, total, EMBEDDING_BLOCK_ROWS):
+        stop = min(start + EMBEDDING_BLOCK_ROWS, total)
+        acc.add(reader_base.take(ids_base[start:stop]), reader_other.take(ids_other[start:stop]))
+        progress("aligning embeddings", stop, total)
+    reader_base.close()
+    reader_other.close()
+    base.source.release()
+    other.source.release()
+    progress("solving hidden-dimension assignment", 0, 1)
+    index, signs, matched = assign_dimensions(acc.cosines())
+    progress("solving hidden-dimension assignment", 1, 1)
+    return Alignment(
+        index=index,
+        signs=signs,
+        cosines=matched,
+        base=base_side,
+        hidden_size_a=a.view.hidden_size,
+        hidden_size_b=b.view.hidden_size,
+        n_shared_tokens=int(total),
+        method=method,
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _aligned(w_base: np.ndarray, w_other: np.ndarray, al: Alignment) -> tuple[np.ndarray, np.ndarray]:
+    """Sample matrices ``(n, p)`` and ``(n, q)`` after alignment: rows are the other model's hidden dims.
+
+    ``w_base``: ``(p, n_base)``; ``w_other``: ``(q, n_other)`` (modified in place by the signs).
+    Index-and-sign instead of selection matmuls; ``.T`` views are Fortran-ordered, as SYRK wants.
+    """
+    x = w_base if (al.index.size == w_base.shape[1] and al.is_identity) else w_base[:, al.index]
+    if al.n_sign_flips:
+        w_other *= al.signs[None, :]
+    return x.T, w_other.T
+
+
+class _Sides:
+    """Reads a layer of either model and returns it in (base, other) order."""
+
+    def __init__(self, a: Model, b: Model, al: Alignment) -> None:
+        self.a, self.b, self.al = a, b, al
+
+    def attention(self, model: Model, index: int) -> tuple[np.ndarray, np.ndarray]:
+        q, k = read_attention(model.source, model.view, model.view.layers[index])
+        model.source.release()
+        return q, k
+
+    def pair(self, ia: int, ib: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        qa, ka = self.attention(self.a, ia)
+        qb, kb = self.attention(self.b, ib)
+        if self.al.base == "a":
+            return _aligned(qa, qb, self.al), _aligned(ka, kb, self.al)
+        xq, yq = _aligned(qb, qa, self.al)
+        xk, yk = _aligned(kb, ka, self.al)
+        # Keep (a, b) order for the caller; CKA is symmetric anyway.
+        return (yq, xq), (yk, xk)
+
+
+def _score_same_depth(sides: _Sides, n_layers: int, backend: Backend, progress: Progress) -> list[LayerScore]:
+    out: list[LayerScore] = []
+    for i in range(n_layers):
+        (xq, yq), (xk, yk) = sides.pair(i, i)
+        out.append(LayerScore(i, i, backend.ucka(xq, yq), backend.ucka(xk, yk)))
+        progress("scoring layers", i + 1, n_layers)
+    return out
+
+
+def _score_matched(sides: _Sides, la: int, lb: int, backend: Backend, progress: Progress) -> tuple[list[LayerScore], np.ndarray]:
+    """All ``la x lb`` layer pairs in Gram space, the shallower model's terms held in memory."""
+    a_shallow = la <= lb
+    shallow, deep = (sides.a, sides.b) if a_shallow else (sides.b, sides.a)
+    n_shallow, n_deep = min(la, lb), max(la, lb)
+    al = sides.al
+
+    def aligned_single(model: Model, index: int) -> tuple[np.ndarray, np.ndarray]:
+        q, k = sides.attention(model, index)
+        is_base = (model is sides.a) == (al.base == "a")
+        if is_base:
+            if not al.is_identity or al.index.size != q.shape[1]:
+                q, k = q[:, al.index], k[:, al.index]
+            return q.T, k.T
+        if al.n_sign_flips:
+            q *= al.signs[None, :]
+            k *= al.signs[None, :]
+        return q.T, k.T
+
+    held = []
+    for i in range(n_shallow):
+        xq, xk = aligned_single(shallow, i)
+        held.append((backend.gram_terms(xq), backend.gram_terms(xk)))
+        progress("scoring layers", i + 1, n_shallow + n_deep)
+    score_q = np.zeros((n_shallow, n_deep))
+    score_k = np.zeros((n_shallow, n_deep))
+    for j in range(n_deep):
+        xq, xk = aligned_single(deep, j)
+        tq, tk = backend.gram_terms(xq), backend.gram_terms(xk)
+        for i, (hq, hk) in enumerate(held):
+            score_q[i, j] = backend.cka_from_gram_terms(hq, tq)
+            score_k[i, j] = backend.cka_from_gram_terms(hk, tk)
+        progress("scoring layers", n_shallow + j + 1, n_shallow + n_deep)
+    del held
+    pairs = match_layers((score_q + score_k) / 2.0)
+    layers = []
+    for i, j in pairs:
+        ia, ib = (i, j) if a_shallow else (j, i)
+        layers.append(LayerScore(ia, ib, float(score_q[i, j]), float(score_k[i, j])))
+    layers.sort(key=lambda s: s.index_a)
+    full = (score_q + score_k) / 2.0
+    return layers, (full if a_shallow else full.T)
+
+
+def _score_ffn(
+    a: Model, b: Model, al: Alignment, layers: Sequence[LayerScore], weights: Sequence[str], backend: Backend, progress: Progress
+) -> dict[str, Any]:
+    results: list[FfnLayerScore] = []
+    total = len(layers) * len(weights)
+    done = 0
+    for weight in weights:
+        for ls in layers:
+            refs_a = a.view.layers[ls.index_a].up if weight == "up" else a.view.layers[ls.index_a].gate
+            refs_b = b.view.layers[ls.index_b].up if weight == "up" else b.view.layers[ls.index_b].gate
+            done += 1
+            if not refs_a or not refs_b:
+                progress(f"scoring FFN {weight}", done, total)
+                continue
+            terms = {}
+            for side, model in (("a", a), ("b", b)):
+                mats = read_ffn(model.source, model.view, model.view.layers[ls.index_a if side == "a" else ls.index_b], weight)
+                model.source.release()
+                is_base = (side == "a") == (al.base == "a")
+                side_terms = []
+                for expert, w in mats:
+                    if is_base:
+                        x = w[:, al.index] if not (al.is_identity and al.index.size == w.shape[1]) else w
+                    else:
+                        if al.n_sign_flips:
+                            w *= al.signs[None, :]
+                        x = w
+                    side_terms.append((expert, backend.gram_terms(x.T)))
+                    del w, x
+                terms[side] = side_terms
+            best: tuple[float, int | None, int | None] | None = None
+            for ea, ta in terms["a"]:
+                for eb, tb in terms["b"]:
+                    s = backend.cka_from_gram_terms(ta, tb)
+                    if best is None or s > best[0]:
+                        best = (s, ea, eb)
+            assert best is not None
+            results.append(FfnLayerScore(weight, ls.index_a, ls.index_b, best[0], best[1], best[2]))
+            progress(f"scoring FFN {weight}", done, total)
+    summary: dict[str, Any] = {"weights": list(weights), "layers": [r.to_dict() for r in results]}
+    for weight in weights:
+        vals = [r.score for r in results if r.weight == weight]
+        summary[f"score_{weight}"] = float(np.mean(vals)) if vals else None
+        summary[f"n_layers_{weight}"] = len(vals)
+    summary["note"] = "FFN scores are reported apart from the attention score and never enter it"
+    return summary
+
+
+def _parse_weights(weights: str | Iterable[str]) -> tuple[str, ...]:
+    items = [w.strip().lower() for w in (weights.split(",") if isinstance(weights, str) else weights) if w.strip()]
+    bad = [w for w in items if w not in WEIGHTS]
+    if bad:
+        raise UsageError(f"unknown weight kind(s) {', '.join(bad)}; choose from {', '.join(WEIGHTS)}")
+    if not {"q", "k"} <= set(items):
+        raise UsageError("--weights must include q and k (the AWM score is their mean); add up and/or gate for FFN scores")
+    return tuple(dict.fromkeys(items))
+
+
+def compare_models(
+    a: Model,
+    b: Model,
+    *,
+    weights: str | Iterable[str] = ("q", "k"),
+    align: str = "vocab",
+    device: str = "auto",
+    null: NullModel | str | Path | None = None,
+    min_shared_tokens: int = MIN_SHARED_TOKENS,
+    z_related: float = stats.Z_RELATED,
+    z_inconclusive: float = stats.Z_INCONCLUSIVE,
+    progress: Progress | None = None,
+) -> PairResult:
+    """Compare two opened models. See :func:`compare`."""
+    progress = progress or _no_progress
+    started = time.perf_counter()
+    kinds = _parse_weights(weights)
+    null_model = null if isinstance(null, NullModel) else load_null(null)
+    backend, device_note = select_backend(device)
+    notes: list[str] = [device_note] if device_note else []
+    al = align_models(a, b, align, min_shared_tokens, progress)
+    n_small = min(al.hidden_size_a, al.hidden_size_b)
+    if al.n_shared_tokens < n_small:
+        notes.append(
+            f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable"
+        )
+    sides = _Sides(a, b, al)
+    la, lb = a.view.n_layers, b.view.n_layers
+    if la == lb:
+        layers = _score_same_depth(sides, la, backend, progress)
+        matching: dict[str, Any] = {"method": "identity", "n_layers_a": la, "n_layers_b": lb}
+    else:
+        layers, full = _score_matched(sides, la, lb, backend, progress)
+        matching = {"method": "lap", "n_layers_a": la, "n_layers_b": lb, "score_matrix": full.round(6).tolist()}
+    matching["pairs"] = [[s.index_a, s.index_b] for s in layers]
+    ffn_kinds = [w for w in kinds if w in ("up", "gate")]
+    ffn = _score_ffn(a, b, al, layers, ffn_kinds, backend, progress) if ffn_kinds else None
+    score_q = float(np.mean([s.score_q for s in layers]))
+    score_k = float(np.mean([s.score_k for s in layers]))
+    score = (score_q + score_k) / 2.0
+    z = stats.z_score(score, null_model)
+    all_notes = [*notes, *a.view.notes, *b.view.notes]
+    return PairResult(
+        a=a.summary(),
+        b=b.summary(),
+        score=score,
+        score_q=score_q,
+        score_k=score_k,
+        layers=tuple(layers),
+        alignment=al.to_dict(),
+        layer_matching=matching,
+        z=z,
+        p_value=stats.normal_p_value(z),
+        p_empirical=stats.empirical_p_value(score, null_model.scores),
+        verdict=stats.verdict(z, z_related, z_inconclusive),
+        null=null_model.to_dict(),
+        ffn=ffn,
+        device=backend.name,
+        elapsed_s=time.perf_counter() - started,
+        notes=tuple(dict.fromkeys(all_notes)),
+        tool_version=__version__,
+    )
+
+
+def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
+    """Compare checkpoint ``a`` (the candidate base) with ``b`` (the suspect).
+
+    ``a``/``b``: a model directory, a ``.safetensors``/``.gguf``/``.bin`` file,
+    or a Hub id ``org/name[@revision]``. Options: ``weights`` (``"q,k"``; add
+    ``up``/``gate`` for FFN scores), ``align`` (``"vocab"`` or ``"ids"``),
+    ``device`` (``auto``/``cpu``/``cuda``), ``null`` (name or file),
+    ``min_shared_tokens``, ``z_related``, ``z_inconclusive``, ``progress``.
+    """
+    progress = options.get("progress")
+    with open_model(a, progress) as ma, open_model(b, progress) as mb:
+        return compare_models(ma, mb, **options)
+
+
+def compare_many(pairs: Iterable[tuple[str | Path, str | Path]], **options: Any) -> list[PairResult]:
+    """Compare several pairs, opening each distinct model once."""
+    pairs = list(pairs)
+    opened: dict[str, Model] = {}
+    progress = options.get("progress")
+    try:
+        results = []
+        for a, b in pairs:
+            for spec in (a, b):
+                if str(spec) not in opened:
+                    opened[str(spec)] = open_model(spec, progress)
+            results.append(compare_models(opened[str(a)], opened[str(b)], **options))
+        return results
+    finally:
+        for m in opened.values():
+            m.close()
