@@ -1,0 +1,1 @@
+"""`awm` subcommands: hub (being written; registers nothing yet)."""

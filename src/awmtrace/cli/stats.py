@@ -1,0 +1,1 @@
+"""`awm` subcommands: stats (being written; registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""`awm` subcommands: suite (being written; registers nothing yet)."""
