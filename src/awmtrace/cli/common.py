@@ -41,7 +41,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except AwmError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
@@ -51,7 +51,7 @@ def friendly_errors(fn: F) -> F:
             sys.exit(3)
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-            err_console.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}")
+            err_console.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}", soft_wrap=True)
             sys.exit(3)
 
     return wrapper  # type: ignore[return-value]
@@ -99,9 +99,24 @@ def emit_json(obj: Any) -> None:
 
 @contextmanager
 def progress_reporter(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A ``progress(stage, done, total)`` callback drawing rich bars on stderr (a no-op when quiet)."""
-    if quiet or not err_console.is_terminal and not _force_progress():
+    """A ``progress(stage, done, total)`` callback for stderr.
+
+    Rich bars on a terminal; with ``AWM_PROGRESS=1`` and no terminal (CI logs,
+    pipes), one plain line per finished stage; nothing when ``quiet``.
+    """
+    if quiet:
         yield lambda stage, done, total: None
+        return
+    if not err_console.is_terminal:
+        if not _force_progress():
+            yield lambda stage, done, total: None
+            return
+
+        def line(stage: str, done: int, total: int) -> None:
+            if done >= total:
+                click.echo(f"{stage}: {done}/{total}", err=True)
+
+        yield line
         return
     bars = Progress(
         TextColumn("{task.description:<36}"),

@@ -125,7 +125,7 @@ def print_result(result: dict[str, Any], per_layer: bool) -> None:
         console.print(_ffn_table(result["ffn"], per_layer))
     for note in result.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
-    console.print(verdict_line(result))
+    console.print(verdict_line(result), soft_wrap=True)
 
 
 @main.command()

@@ -10,6 +10,7 @@ are loaded whole.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,10 @@ class TorchBinSource(TensorSource):
             torch = self._torch
             mmap = zipfile.is_zipfile(file)
             try:
-                state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
+                with warnings.catch_warnings():
+                    # torch warns about pickle protocols and legacy formats; our errors say what matters.
+                    warnings.simplefilter("ignore")
+                    state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
             except pickle.UnpicklingError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
