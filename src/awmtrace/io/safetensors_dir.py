@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes  # noqa: F401 - registers numpy's 'bfloat16' dtype, which safetensors' numpy reader looks up by name
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
