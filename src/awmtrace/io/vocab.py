@@ -34,7 +34,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ __all__ = [
     "shared_tokens",
     "bytes_to_unicode",
     "TOKENIZER_FILES",
+    "TOKENIZER_SIDECARS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,15 @@ TOKENIZER_FILES = (
     "vocab.txt",
 )
 
+# Small files next to a tokenizer file (not tokenizer.json, which is self-contained)
+# that say which ids are added or special, and ChatGLM-6B's image-id offset.
+TOKENIZER_SIDECARS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
 # Priority of a key when two ids of one vocabulary spell the same text.
 _TEXT, _FALLBACK = 0, 1
 
 _SPACE_MARK = "\u2581"  # SentencePiece's "▁"
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 # transformers' BertTokenizer defaults: a bare vocab.txt marks these special.
 _BERT_SPECIALS = frozenset({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
@@ -114,7 +120,7 @@ class Vocab:
     kind: str
     source: str
     size: int
-    n_special: int = field(default=0)
+    n_special: int = 0
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -152,11 +158,8 @@ def _bytelevel_key(piece: str) -> bytes:
 
 def _byte_token(piece: str) -> int | None:
     """NN of a SentencePiece byte piece ``<0xNN>`` (sentencepiece writes ``<0x%02X>``), else ``None``."""
-    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-        try:
-            return int(piece[3:5], 16)
-        except ValueError:
-            return None
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">") and all(c in _HEX for c in piece[3:5]):
+        return int(piece[3:5], 16)
     return None
 
 
