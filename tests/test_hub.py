@@ -1,0 +1,323 @@
+"""Lean Hub fetching against a local stand-in of the Hub (tests/hubserver.py)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from awmtrace import synth
+from awmtrace.cli import main
+from awmtrace.errors import FormatError, HubError, InputNotFound
+from awmtrace.io import hub
+from awmtrace.pipeline import compare, open_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hubserver import Fault, HubServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small checkpoints whose FFN dwarfs attention (so a lean fetch is a small fraction)."""
+    root = tmp_path_factory.mktemp("hubmodels")
+    m = synth.random_llama(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab=512, ffn=4096, seed=0)
+    out = {
+        "big": synth.write_hf(m, root / "big", shards=2),
+        "bf16": synth.write_hf(synth.drift(m, 0.05), root / "bf16", dtype="bfloat16"),
+    }
+    return out
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models: dict[str, Path]) -> Iterator[HubServer]:
+    from huggingface_hub.utils import close_session
+
+    srv = HubServer().start()
+    srv.add_folder("acme/big", models["big"])
+    srv.add_folder("acme/bf16", models["bf16"])
+    srv.add_folder("acme/gated", models["big"], gated=True, tokens=("hf_good",))
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        close_session()
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def _snapshots(tmp_path: Path, repo: str = "acme/big") -> list[Path]:
+    d = tmp_path / "hf" / "awmtrace" / ("models--" + repo.replace("/", "--")) / "snapshots"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def _lean_names(folder: Path) -> set[str]:
+    names: set[str] = set()
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), framework="numpy") as h:
+            names.update(h.keys())
+    return names
+
+
+def test_fetch_transfers_a_small_fraction_and_scores_like_the_full_copy(server: HubServer, models: dict[str, Path]) -> None:
+    result = hub.fetch("acme/big")
+    full = _weights_bytes(models["big"])
+    assert result.source == "fetched"
+    assert result.bytes_fetched == server.bytes_served
+    assert server.bytes_served < 0.05 * full
+    assert result.checkpoint_bytes == full
+    assert result.fraction == pytest.approx(server.bytes_served / full)
+    names = _lean_names(result.path)
+    assert "model.embed_tokens.weight" in names
+    assert {n.split(".")[-2] for n in names if n.startswith("model.layers.")} == {"q_proj", "k_proj"}
+    assert not (result.path / "model.safetensors.index.json").exists()
+    pair = compare(models["big"], "acme/big")
+    assert pair.score >= 0.99
+    assert pair.b["spec"] == "acme/big"
+
+
+def test_second_fetch_comes_from_the_cache_and_a_commit_needs_no_request(server: HubServer) -> None:
+    first = hub.fetch("acme/big")
+    server.reset_counts()
+    again = hub.fetch("acme/big")
+    assert again.source == "awmtrace-cache" and again.path == first.path and server.bytes_served == 0
+    server.reset_counts()
+    pinned = hub.fetch(f"acme/big@{first.commit}")
+    assert pinned.path == first.path and server.requests == []
+
+
+def test_bf16_lean_copy_reads_back_the_same_values(server: HubServer, models: dict[str, Path]) -> None:
+    path = hub.ensure_local("acme/bf16")
+    with open_model(path) as lean, open_model(models["bf16"]) as full:
+        for name in ("model.embed_tokens.weight", "model.layers.1.self_attn.k_proj.weight"):
+            np.testing.assert_array_equal(lean.source.read(name), full.source.read(name))
+
+
+def test_a_dropped_connection_is_resumed_within_the_call(server: HubServer, models: dict[str, Path]) -> None:
+    server.faults.append(Fault("model-00001", "drop", after=20_000, times=2))
+    result = hub.fetch("acme/big")
+    assert result.source == "fetched"
+    assert all(f.times == 0 for f in server.faults)
+    # Resumed with Range from where each drop stopped: nothing sent twice.
+    assert server.bytes_served == result.bytes_fetched == result.bytes_needed
+    assert compare(models["big"], "acme/big").score >= 0.99
+
+
+def test_an_interrupted_fetch_resumes_in_the_next_run(server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "MAX_RETRIES", 0)
+    server.faults.append(Fault("model-00001", "drop", after=30_000, times=1))
+    with pytest.raises(HubError, match="run the same command again to resume"):
+        hub.fetch("acme/big")
+    assert _snapshots(tmp_path) == []
+    parts = list((tmp_path / "hf" / "awmtrace" / "models--acme--big" / "partial").rglob("*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_size > 30_000
+    with pytest.raises(HubError, match="not in the cache"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        hub.fetch("acme/big")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    first_run = server.bytes_served
+    server.reset_counts()
+    result = hub.fetch("acme/big")
+    assert result.source == "fetched"
+    # Only the rest was sent again (plus the headers read to plan the fetch).
+    assert server.bytes_served < result.bytes_needed - 30_000 + 4096
+    assert first_run + server.bytes_served < result.bytes_needed + 2 * 4096 + 30_000
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "match"),
+    [
+        (Fault("model-00001", "content-range", times=None), HubError, "Content-Range|server sent bytes"),
+        (Fault("model-00001", "short", times=None), HubError, "Content-Length"),
+        (Fault("model-00001", "full", times=None), HubError, "instead of 206"),
+        (Fault("model-00001", "etag", times=None), HubError, "changed"),
+        (Fault("model-00001", "header", start=8), FormatError, "bad safetensors header"),
+        (Fault("tokenizer.json", "flip"), HubError, "sha1 .* does not match"),
+    ],
+    ids=["content-range", "short", "ignored-range", "etag", "header", "flipped-byte-whole-file"],
+)
+def test_a_corrupted_transfer_is_rejected_and_never_cached(
+    server: HubServer, tmp_path: Path, fault: Fault, error: type[Exception], match: str
+) -> None:
+    server.faults.append(fault)
+    with pytest.raises(error, match=match) as info:
+        hub.fetch("acme/big")
+    assert "\n" not in str(info.value)
+    assert _snapshots(tmp_path) == []
+    server.faults.clear()
+    assert hub.fetch("acme/big").source == "fetched"
+
+
+def test_offline_mode_uses_the_cache_and_fails_clearly_otherwise(
+    server: HubServer, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetched = hub.fetch("acme/big")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    server.reset_counts()
+    offline = hub.fetch("acme/big")
+    assert offline.path == fetched.path and offline.source == "awmtrace-cache"
+    assert compare(models["big"], "acme/big").score >= 0.99
+    assert server.requests == []
+    with pytest.raises(HubError, match=r"acme/bf16: not in the cache .*HF_HUB_OFFLINE") as info:
+        hub.fetch("acme/bf16")
+    assert "\n" not in str(info.value)
+
+
+def test_a_full_snapshot_in_the_hugging_face_cache_is_used_as_is(
+    server: HubServer, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = server.repos["acme/bf16"].commit
+    repo = tmp_path / "hf" / "hub" / "models--acme--bf16"
+    shutil.copytree(models["bf16"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert hub.fetch("acme/bf16").source == "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = hub.fetch("acme/bf16")
+    assert result.source == "hf-cache" and result.path == repo / "snapshots" / commit
+    assert server.bytes_served == 0
+
+
+def test_a_server_that_cannot_be_reached_falls_back_to_the_cache(server: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.utils import close_session
+
+    fetched = hub.fetch("acme/big")
+    server.stop()
+    close_session()  # a kept-alive connection would still reach the stopped server's handler thread
+    assert hub.fetch("acme/big").path == fetched.path
+    with pytest.raises(HubError, match="cannot reach") as info:
+        hub.fetch("acme/bf16")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "token", "match"),
+    [
+        ("acme/nope", None, r"acme/nope: repository not found .*HTTP 401"),
+        ("acme/nope", "hf_any", r"acme/nope: repository not found .*HTTP 404"),
+        ("acme/gated", None, r"acme/gated: gated repository \(HTTP 401\).*HF_TOKEN"),
+        ("acme/gated", "hf_wrong", r"acme/gated: gated repository \(HTTP 403\)"),
+        ("acme/big@v9", None, r"revision 'v9' not found \(HTTP 404\)"),
+        ("acme//big", None, "not a Hugging Face repo id"),
+        ("acme/big--x", None, "not a Hugging Face repo id"),
+    ],
+)
+def test_hub_errors_are_one_line(server: HubServer, monkeypatch: pytest.MonkeyPatch, spec: str, token: str | None, match: str) -> None:
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    with pytest.raises(HubError, match=match) as info:
+        hub.fetch(spec)
+    assert "\n" not in str(info.value)
+    res = CliRunner().invoke(main, ["fetch", spec])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("error:") and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) <= 2  # rich may wrap one line at 80 columns
+
+
+def test_a_gated_repo_works_with_a_granted_token(server: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
+    assert hub.fetch("acme/gated").source == "fetched"
+
+
+def test_disk_full_leaves_no_corrupt_cache(server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = {"n": 0}
+    real_write = hub._write
+
+    def write(fh: object, chunk: bytes) -> None:
+        written["n"] += len(chunk)
+        if written["n"] > 20_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fh, chunk)
+
+    monkeypatch.setattr(hub, "_write", write)
+    with pytest.raises(HubError, match="disk full") as info:
+        hub.fetch("acme/big")
+    assert "\n" not in str(info.value)
+    assert _snapshots(tmp_path) == []
+    leftovers = list((tmp_path / "hf" / "awmtrace" / "models--acme--big" / "partial").rglob("*.part"))
+    assert leftovers == []
+    monkeypatch.setattr(hub, "_write", real_write)
+    assert hub.fetch("acme/big").source == "fetched"
+
+
+def test_repos_without_usable_weights_say_so(server: HubServer, models: dict[str, Path]) -> None:
+    server.add_repo("acme/readme", {"README.md": b"# nothing"})
+    server.add_repo("acme/quants", {"m-Q4_K.gguf": b"GGUF" + bytes(60), "m-Q8_0.gguf": b"GGUF" + bytes(60)})
+    server.add_repo("acme/garbage", {"config.json": (models["big"] / "config.json").read_bytes(), "model.safetensors": b"\xff" * 64})
+    with pytest.raises(InputNotFound, match="no safetensors or pytorch .bin weights"):
+        hub.fetch("acme/readme")
+    with pytest.raises(InputNotFound, match="only GGUF files"):
+        hub.fetch("acme/quants")
+    with pytest.raises(FormatError, match="does not fit the file"):
+        hub.fetch("acme/garbage")
+
+
+def test_ffn_fetch_keeps_the_ffn_inputs(server: HubServer, models: dict[str, Path]) -> None:
+    lean = hub.fetch("acme/big")
+    with_ffn = hub.fetch("acme/big", ffn=True)
+    assert with_ffn.path != lean.path and with_ffn.bytes_needed > 5 * lean.bytes_needed
+    names = _lean_names(with_ffn.path)
+    assert any("up_proj" in n for n in names) and any("gate_proj" in n for n in names)
+    assert not any("down_proj" in n or "v_proj" in n for n in names)
+    result = compare(models["big"], with_ffn.path, weights="q,k,up,gate")
+    assert result.ffn is not None and result.ffn["score_up"] >= 0.99
+    # An attention-only request is content with either copy.
+    assert hub.fetch("acme/big").path == lean.path
+
+
+def test_bin_checkpoints_are_fetched_whole_and_hash_checked(server: HubServer, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    m = synth.random_llama(hidden=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab=300, seed=3)
+    folder = synth.write_hf(m, tmp_path / "binsrc")
+    state = {k: torch.from_numpy(v.copy()) for k, v in synth.hf_tensors(m).items()}
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    server.add_folder("acme/bin", folder)
+    result = hub.fetch("acme/bin")
+    assert result.fraction == pytest.approx(1.0, abs=0.01)
+    assert any("fetched whole" in n for n in result.notes)
+    verified = {f["name"]: f["verified"] for f in result.files}
+    assert verified["pytorch_model.bin"].startswith("size and sha256")
+    assert compare(folder, "acme/bin", min_shared_tokens=32).score >= 0.99
+
+
+def test_dry_run_reads_headers_only(server: HubServer, tmp_path: Path) -> None:
+    result = hub.fetch("acme/big", dry_run=True)
+    assert result.path is None and result.source == "dry-run"
+    assert server.bytes_served < 8192 and 0 < result.fraction < 0.05
+    assert _snapshots(tmp_path) == []
+
+
+def test_a_damaged_snapshot_is_fetched_again(server: HubServer) -> None:
+    first = hub.fetch("acme/big")
+    victim = next(first.path.glob("*.safetensors"))
+    victim.write_bytes(victim.read_bytes()[:-10])
+    again = hub.fetch("acme/big")
+    assert again.source == "fetched" and victim.stat().st_size == json.loads((again.path / hub.MANIFEST_NAME).read_text())["files"][2]["size"]
+
+
+def test_awm_fetch_reports_the_fraction(server: HubServer) -> None:
+    res = CliRunner().invoke(main, ["fetch", "acme/big", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)["results"][0]
+    assert data["source"] == "fetched" and 0 < data["fraction"] < 0.05
+    res = CliRunner().invoke(main, ["fetch", "acme/big", "acme/nope"])
+    assert res.exit_code == 2
+    assert "cached" in res.output and "repository not found" in res.output
