@@ -33,6 +33,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "big": synth.write_hf(m, root / "big", shards=2),
         "bf16": synth.write_hf(synth.drift(m, 0.05), root / "bf16", dtype="bfloat16"),
     }
+    # A sidecar the vocabulary reader may consult, and a second tokenizer file it would not pick.
+    (out["big"] / "tokenizer_config.json").write_text('{"added_tokens_decoder": {}}')
+    (out["big"] / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(m.tokens)}))
     return out
 
 
@@ -79,11 +82,16 @@ def _lean_names(folder: Path) -> set[str]:
 def test_fetch_transfers_a_small_fraction_and_scores_like_the_full_copy(server: HubServer, models: dict[str, Path]) -> None:
     result = hub.fetch("acme/big")
     full = _weights_bytes(models["big"])
+    checkpoint = full - (models["big"] / "vocab.json").stat().st_size
     assert result.source == "fetched"
     assert result.bytes_fetched == server.bytes_served
     assert server.bytes_served < 0.05 * full
-    assert result.checkpoint_bytes == full
-    assert result.fraction == pytest.approx(server.bytes_served / full)
+    assert result.repo_bytes == full and result.checkpoint_bytes == checkpoint
+    assert result.fraction == pytest.approx(server.bytes_served / checkpoint)
+    assert sorted(p.name for p in result.path.iterdir()) == [
+        "awm-fetch.json", "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "tokenizer.json", "tokenizer_config.json",
+    ]  # fmt: skip
     names = _lean_names(result.path)
     assert "model.embed_tokens.weight" in names
     assert {n.split(".")[-2] for n in names if n.startswith("model.layers.")} == {"q_proj", "k_proj"}
@@ -310,7 +318,8 @@ def test_a_damaged_snapshot_is_fetched_again(server: HubServer) -> None:
     victim = next(first.path.glob("*.safetensors"))
     victim.write_bytes(victim.read_bytes()[:-10])
     again = hub.fetch("acme/big")
-    assert again.source == "fetched" and victim.stat().st_size == json.loads((again.path / hub.MANIFEST_NAME).read_text())["files"][2]["size"]
+    recorded = {f["name"]: f["size"] for f in json.loads((again.path / hub.MANIFEST_NAME).read_text())["files"]}
+    assert again.source == "fetched" and victim.stat().st_size == recorded[victim.name]
 
 
 def test_awm_fetch_reports_the_fraction(server: HubServer) -> None:

@@ -252,9 +252,12 @@ class PairOutcome:
     status: str
     record: StoredRecord | None = None
     message: str | None = None
+    missing_models: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"index": self.index, "a": self.name_a, "b": self.name_b, "status": self.status, "message": self.message}
+        if self.missing_models:
+            d["missing_models"] = list(self.missing_models)
         if self.record is not None:
             r = self.record.result
             d.update(key=self.record.key, score=r.get("score"), score_q=r.get("score_q"), score_k=r.get("score_k"), z=r.get("z"))
@@ -389,7 +392,7 @@ def run_suite(
             except AwmError as exc:
                 located[name] = exc
                 missing[name] = str(exc)
-                log.warning("%s: %s", s.name, exc)
+                log.info("%s: model %s is missing: %s", s.name, name, exc)
         return located[name]
 
     def model(name: str) -> Model:
@@ -451,7 +454,7 @@ def _run_pair(
     paths = {n: find(n) for n in (a, b)}
     lost = [n for n, p in paths.items() if isinstance(p, AwmError)]
     if lost:
-        return PairOutcome(i, total, a, b, "missing", message="; ".join(f"{n}: {paths[n]}" for n in lost))
+        return PairOutcome(i, total, a, b, "missing", message="; ".join(f"{n}: {paths[n]}" for n in lost), missing_models=tuple(lost))
     for n, p in paths.items():
         if n not in fingerprints:
             assert isinstance(p, Path)
@@ -462,7 +465,7 @@ def _run_pair(
     try:
         result = compare(model(a), model(b))
     except AwmError as exc:
-        log.warning("%s: %s vs %s: %s", s.name, a, b, exc)
+        log.info("%s: %s vs %s failed: %s", s.name, a, b, exc)
         return PairOutcome(i, total, a, b, "failed", message=str(exc))
     record = StoredRecord.create(
         suite=s.name, name_a=a, name_b=b, result=result, label=s.label, category=s.category,

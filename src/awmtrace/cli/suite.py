@@ -152,7 +152,7 @@ def run(
             extra = " [dim](already stored)[/]" if o.status == "skipped" else ""
             err_console.print(f"{head} score {_fmt(r.get('score'), 4)}, z {_fmt(r.get('z'), 1)} ({verdict}){extra}")
         elif o.status == "missing":
-            err_console.print(f"{head} [yellow]skipped, model missing[/]: {escape(o.message or '')}")
+            err_console.print(f"{head} [yellow]skipped[/], missing {escape(', '.join(o.missing_models))} (reasons below)")
         else:
             err_console.print(f"{head} [bold red]failed[/]: {escape(o.message or '')}")
 

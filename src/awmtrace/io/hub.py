@@ -2,7 +2,7 @@
 
 A repo id ``org/name[@revision]`` becomes a local directory that the normal
 readers open: ``config.json``, the tokenizer file the vocabulary reader would
-pick, and, for safetensors checkpoints, one safetensors file per shard holding
+pick and its small sidecars (``tokenizer_config.json``, ...), and, for safetensors checkpoints, one safetensors file per shard holding
 only the tensors AWM needs (token embedding and attention Q/K or fused QKV;
 the FFN input projections when asked). A 7B model needs about a sixth of its
 bytes, a 70B model about a tenth (see ``benchmarks/hub_fraction.py``).
@@ -12,7 +12,7 @@ header, then the data; https://huggingface.co/docs/safetensors/index#format):
 
 1. ``HfApi.model_info(files_metadata=True)`` pins the revision to a commit and
    lists the files with their sizes and LFS sha256;
-2. ``config.json`` and the tokenizer file are fetched whole;
+2. ``config.json`` and the tokenizer files are fetched whole;
 3. each shard's header is read with two Range GETs (length, then JSON) and
    checked against the file size;
 4. :func:`awmtrace.arch.resolve.resolve` runs on the headers alone
@@ -75,7 +75,7 @@ import numpy as np
 
 from awmtrace.errors import AwmError, FormatError, HubError, InputNotFound
 from awmtrace.io.base import TensorSource
-from awmtrace.io.vocab import TOKENIZER_FILES
+from awmtrace.io.vocab import TOKENIZER_FILES, TOKENIZER_SIDECARS
 
 __all__ = [
     "RepoRef",
@@ -1023,7 +1023,8 @@ def fetch(
 
     label = f"{ref.repo_id}@{commit[:12]}"
     fmt, weight_files, index = _choose_weights(ref, files)
-    small = [n for n in ("config.json", _tokenizer_file(files)) if n is not None and n in files]
+    # The sidecars say which ids are special or added; a few kB, so fetched whenever present.
+    small = [n for n in ("config.json", _tokenizer_file(files), *TOKENIZER_SIDECARS) if n is not None and n in files]
     plans: list[_FilePlan] = [_whole_plan(files[n]) for n in small]
     hub.stage = f"reading headers of {ref.repo_id}"
     if index is not None:
@@ -1100,6 +1101,7 @@ def _download(
         )
     hub.stage = f"fetching {hub.ref.repo_id}"
     hub.planned = sum(sum(n for _, n in p.segments) for p in plans)
+    hub.done = 0
     with WeakFileLock(repo_dir / f".lock-{variant}"):
         done = _snapshot_ok(snap)
         if done is not None:  # another process finished it while we waited
