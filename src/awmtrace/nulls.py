@@ -1,14 +1,19 @@
 """Null distributions as data files with provenance.
 
 A null file is JSON: ``format: "awmtrace-null"``, ``name``, ``mean``, ``std``,
-``n``, ``scores`` (raw per-pair scores, possibly empty) and ``provenance``.
-The default is the paper's published summary, shipped in ``data/nulls/``.
+``n``, ``scores`` (raw per-pair scores, possibly empty) and ``provenance``
+(which pairs, which tool version, where the numbers come from). The default is
+the paper's published summary, shipped in ``data/nulls/``: it has no raw
+scores, so it gives no empirical p-value. :func:`calibrate_null` builds a
+null from stored results of independent pairs, raw scores included.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,17 @@ from typing import Any
 from awmtrace.errors import InputNotFound, StatsError
 from awmtrace.types import NullModel
 
-__all__ = ["DEFAULT_NULL", "load_null", "null_from_dict", "null_to_dict"]
+__all__ = [
+    "DEFAULT_NULL",
+    "load_null",
+    "null_from_dict",
+    "null_to_dict",
+    "save_null",
+    "calibrate_null",
+    "shipped_nulls",
+    "is_cross_size",
+    "null_caveats",
+]
 
 DEFAULT_NULL = "paper"
 NULL_FORMAT = "awmtrace-null"
@@ -43,13 +58,20 @@ def null_from_dict(data: dict[str, Any], source: str) -> NullModel:
         raise StatsError(f"{source}: null file holds NaN or Inf")
     if not std > 0:
         raise StatsError(f"{source}: null has no variance (std={std}); z-scores would be undefined")
+    if scores and n != len(scores):
+        raise StatsError(f"{source}: 'n' is {n} but the file holds {len(scores)} raw scores; they must agree")
+    if n < 2:
+        raise StatsError(f"{source}: a null needs at least 2 pairs, found n={n}")
+    provenance = dict(data.get("provenance") or {})
+    if data.get("description") and "description" not in provenance:
+        provenance["description"] = str(data["description"])
     return NullModel(
         name=str(data.get("name", Path(source).stem)),
         mean=mean,
         std=std,
         n=n,
         scores=scores,
-        provenance=dict(data.get("provenance") or {}),
+        provenance=provenance,
         source=source,
     )
 
@@ -75,6 +97,8 @@ def load_null(spec: str | Path | None = None) -> NullModel:
     if isinstance(spec, str) and "/" not in spec and not spec.endswith(".json") and shipped.is_file():
         return null_from_dict(json.loads(shipped.read_text(encoding="utf-8")), f"awmtrace:nulls/{spec}")
     path = Path(spec)
+    if path.is_dir():
+        raise StatsError(f"{path}: is a folder, not a null file (a JSON file written by `awm calibrate`)")
     if not path.is_file():
         raise InputNotFound(f"null file {path} does not exist (shipped nulls: {', '.join(shipped_nulls())})")
     try:
@@ -87,3 +111,153 @@ def load_null(spec: str | Path | None = None) -> NullModel:
 def shipped_nulls() -> list[str]:
     folder = resources.files("awmtrace.data") / "nulls"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def save_null(null: NullModel, path: str | Path) -> Path:
+    """Write ``null`` as a null file (JSON) and return its path."""
+    path = Path(path)
+    path.write_text(json.dumps(null_to_dict(null), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def is_cross_size(result: dict[str, Any]) -> bool:
+    """Whether a stored result compared models of different width or depth.
+
+    Such pairs take paths same-size pairs never take (rectangular hidden-dim
+    alignment, LAP layer matching), both of which can only raise the score.
+    """
+    al = result.get("alignment") or {}
+    lm = result.get("layer_matching") or {}
+    widths = (al.get("hidden_size_a"), al.get("hidden_size_b"))
+    depths = (lm.get("n_layers_a"), lm.get("n_layers_b"))
+    return (None not in widths and widths[0] != widths[1]) or (None not in depths and depths[0] != depths[1])
+
+
+def calibrate_null(
+    pairs: Iterable[Any],
+    *,
+    name: str | None = None,
+    source: str | None = None,
+    suites: Iterable[str] = (),
+) -> NullModel:
+    """A null from the stored results of independent pairs, raw scores and provenance included.
+
+    ``pairs``: records with ``suite``, ``name_a``, ``name_b``, ``label``,
+    ``result`` (a ``PairResult.to_dict()``) and ``tool_version`` (a
+    :class:`awmtrace.store.StoredRecord` or :class:`awmtrace.evaluate.PairEntry`).
+    Pairs labelled ``related`` are left out; when a pair is stored several
+    times the last one counts. ``std`` is the sample standard deviation
+    (``ddof=1``). Cross-size pairs are kept and listed.
+    """
+    from awmtrace import __version__
+
+    chosen: dict[tuple[Any, str, str], Any] = {}
+    n_related = n_seen = 0
+    for rec in pairs:
+        n_seen += 1
+        if rec.label == "related":
+            n_related += 1
+            continue
+        chosen[(rec.suite, rec.name_a, rec.name_b)] = rec
+    where = source or "the given results"
+    if not chosen:
+        extra = f" ({n_related} were labelled related)" if n_related else ""
+        raise StatsError(f"{where}: no stored results of independent pairs to calibrate from{extra}; run an independent suite first")
+    rows = []
+    for rec in chosen.values():
+        score = (rec.result or {}).get("score")
+        if not isinstance(score, int | float) or not math.isfinite(score):
+            raise StatsError(f"{where}: result of {rec.name_a} vs {rec.name_b} has no finite score ({score!r})")
+        al = rec.result.get("alignment") or {}
+        lm = rec.result.get("layer_matching") or {}
+        rows.append(
+            {
+                "suite": rec.suite,
+                "a": rec.name_a,
+                "b": rec.name_b,
+                "score": float(score),
+                "cross_size": is_cross_size(rec.result),
+                "hidden_sizes": [al.get("hidden_size_a"), al.get("hidden_size_b")],
+                "n_layers": [lm.get("n_layers_a"), lm.get("n_layers_b")],
+                "tool_version": rec.tool_version,
+            }
+        )
+    scores = [r["score"] for r in rows]
+    if len(scores) < 2:
+        raise StatsError(f"{where}: only {len(scores)} independent pair stored; a null needs at least 2 (the paper used 90)")
+    mean = math.fsum(scores) / len(scores)
+    std = math.sqrt(math.fsum((s - mean) ** 2 for s in scores) / (len(scores) - 1))
+    if not std > 0:
+        raise StatsError(f"{where}: all {len(scores)} independent pairs score {scores[0]:.6g}; a null with no variance cannot give z-scores")
+    suite_names = sorted({str(r["suite"]) for r in rows if r["suite"] is not None} | set(suites))
+    cross = [f"{r['a']} vs {r['b']}" for r in rows if r["cross_size"]]
+    notes = []
+    if len(scores) < 30:
+        notes.append(f"only {len(scores)} pairs: the normal tail (z, p_value) is a long extrapolation; prefer the empirical p-value")
+    versions = sorted({str(r["tool_version"]) for r in rows})
+    if len(versions) > 1:
+        notes.append(f"scores come from several awmtrace versions: {', '.join(versions)}")
+    provenance = {
+        "kind": "calibrated from stored results of independent pairs",
+        "built_by": f"awmtrace {__version__}",
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "from": where,
+        "suites": suite_names,
+        "tool_versions": versions,
+        "std": "sample standard deviation (ddof=1) of the raw scores",
+        "n_cross_size": len(cross),
+        "cross_size_pairs": cross,
+        "pairs_cover": "same-size and cross-size pairs" if cross else "same-size pairs only",
+        "excluded": {"related": n_related, "repeated": n_seen - n_related - len(rows)},
+        "pairs": rows,
+        "notes": notes,
+    }
+    default_name = "calibrated-" + "+".join(suite_names) if suite_names else "calibrated"
+    return NullModel(
+        name=name or default_name,
+        mean=mean,
+        std=std,
+        n=len(scores),
+        scores=tuple(scores),
+        provenance=provenance,
+        source=None,
+    )
+
+
+def null_caveats(result: dict[str, Any]) -> list[str]:
+    """What the null behind a stored result cannot vouch for, one sentence each.
+
+    No raw scores (so no empirical p-value), a cross-size pair judged by a
+    null without cross-size pairs, and a z far beyond any null pair seen
+    (the normal tail is then an extrapolation).
+    """
+    null = result.get("null") or {}
+    prov = null.get("provenance") or {}
+    out = []
+    if not null.get("has_raw_scores"):
+        out.append(
+            f"the null '{null.get('name', '?')}' holds no raw per-pair scores, so there is no empirical p-value; "
+            "p_value rests on a normal tail fitted to its mean and std"
+        )
+    else:
+        res = null.get("empirical_resolution")
+        if isinstance(res, int | float):
+            out.append(f"the empirical p-value cannot go below 1/(n+1) = {res:.3g} with n = {null.get('n')} null pairs")
+    covered = prov.get("n_cross_size")
+    if is_cross_size(result) and not (isinstance(covered, int) and covered > 0):
+        out.append(
+            "this pair differs in width or depth (rectangular alignment / layer matching, which can only raise the "
+            f"score), but the null '{null.get('name', '?')}' holds no such pairs: read z with care, or calibrate a "
+            "null that includes cross-size independent pairs (awm calibrate)"
+        )
+    z = result.get("z")
+    n = null.get("n")
+    if isinstance(z, int | float) and isinstance(n, int) and n > 0 and math.isfinite(z):
+        # The largest z one expects among n normal draws is about sqrt(2 ln n).
+        seen = math.sqrt(2.0 * math.log(max(n, 2)))
+        if abs(z) > 2 * seen:
+            out.append(
+                f"|z| = {abs(z):.1f} is far beyond the ~{seen:.1f} the largest of {n} null pairs reaches: the normal-tail "
+                "p_value is an extrapolation; it says 'far outside the null', not an exact probability"
+            )
+    return out

@@ -201,12 +201,13 @@ class FfnLayerScore:
 class Verdict:
     """A label and the rule that produced it, so a reader can judge it."""
 
-    label: str  # "related" | "inconclusive" | "unrelated"
+    label: str  # "related" | "inconclusive" | "independent"
     rule: str
     statistic: str = "z"
+    thresholds: dict[str, float] = field(default_factory=dict)  # {"related": 5.0, "inconclusive": 3.0}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "rule": self.rule, "statistic": self.statistic}
+        return {"label": self.label, "rule": self.rule, "statistic": self.statistic, "thresholds": dict(self.thresholds)}
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ class NullModel:
             "std": self.std,
             "n": self.n,
             "has_raw_scores": bool(self.scores),
+            # The smallest empirical p-value this null can give: 1 / (n + 1).
+            "empirical_resolution": 1.0 / (len(self.scores) + 1) if self.scores else None,
             "provenance": self.provenance,
             "source": self.source,
         }
