@@ -22,6 +22,7 @@ response or to corrupt one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -397,10 +398,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write(name, chunk)
                 self.wfile.flush()
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 return
             try:
                 self._write(name, chunk)

@@ -320,6 +320,13 @@ def test_a_damaged_snapshot_is_fetched_again(server: HubServer) -> None:
     again = hub.fetch("acme/big")
     recorded = {f["name"]: f["size"] for f in json.loads((again.path / hub.MANIFEST_NAME).read_text())["files"]}
     assert again.source == "fetched" and victim.stat().st_size == recorded[victim.name]
+    # Same size, altered bytes: only --verify (re-hashing) notices.
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert hub.fetch("acme/big").source == "awmtrace-cache"
+    assert hub.fetch("acme/big", verify=True).source == "fetched"
+    assert victim.read_bytes()[-1] == data[-1] ^ 0xFF
 
 
 def test_awm_fetch_reports_the_fraction(server: HubServer) -> None:

@@ -7,7 +7,17 @@ from typing import Any
 import click
 
 from awmtrace.cli import main
-from awmtrace.cli.common import console, emit_json, err_console, escape, friendly_errors, json_option, progress_reporter, quiet_option, table
+from awmtrace.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    escape,
+    friendly_errors,
+    json_option,
+    progress_reporter,
+    quiet_option,
+    table,
+)
 from awmtrace.errors import AwmError
 
 

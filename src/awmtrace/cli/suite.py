@@ -11,7 +11,17 @@ from typing import Any
 import click
 
 from awmtrace.cli import main
-from awmtrace.cli.common import console, emit_json, err_console, escape, friendly_errors, json_option, progress_reporter, quiet_option, table
+from awmtrace.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    escape,
+    friendly_errors,
+    json_option,
+    progress_reporter,
+    quiet_option,
+    table,
+)
 from awmtrace.core.backend import DEVICES
 from awmtrace.store import DEFAULT_STORE
 

@@ -55,6 +55,7 @@ complete and checked. A full snapshot already in the Hugging Face cache
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -66,8 +67,8 @@ import shutil
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -770,7 +771,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- fetching one file
@@ -863,15 +864,15 @@ def _fill(hub: _Hub, commit: str, plan: _FilePlan, part_dir: Path) -> dict[str, 
 
 def _discard(*paths: Path) -> None:
     for p in paths:
-        try:
+        with contextlib.suppress(OSError):
             p.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def _disk_error(exc: OSError, path: Path) -> HubError:
     if exc.errno == errno.ENOSPC:
-        return HubError(f"{path.parent}: disk full while writing {path.name}; the partial file was removed. Free space or set AWMTRACE_CACHE")
+        return HubError(
+            f"{path.parent}: disk full while writing {path.name}; the partial file was removed. Free space or set AWMTRACE_CACHE"
+        )
     return HubError(f"{path}: cannot write ({exc.strerror or exc}); the partial file was removed")
 
 
@@ -883,13 +884,17 @@ def _verify(hub: _Hub, plan: _FilePlan, part: Path, digest: str, state_file: Pat
         if _SHA256_RE.match(etag):
             if digest != etag:
                 _discard(part, state_file)
-                raise HubError(f"{where}: sha256 {digest[:12]} does not match the Hub's {etag[:12]}; the download was corrupt and was removed")
+                raise HubError(
+                    f"{where}: sha256 {digest[:12]} does not match the Hub's {etag[:12]}; the download was corrupt and was removed"
+                )
             return "size and sha256 (LFS ETag)"
         if _COMMIT_RE.match(etag):
             sha1 = _git_blob_sha1(part)
             if sha1 != etag:
                 _discard(part, state_file)
-                raise HubError(f"{where}: git blob sha1 {sha1[:12]} does not match the Hub's {etag[:12]}; the download was corrupt and was removed")
+                raise HubError(
+                    f"{where}: git blob sha1 {sha1[:12]} does not match the Hub's {etag[:12]}; the download was corrupt and was removed"
+                )
             return "size and git blob sha1 (ETag)"
         return "size only (the Hub gave no hash)"
     from safetensors import SafetensorError, safe_open
@@ -1052,7 +1057,8 @@ def fetch(
             sum(f.size for f in files.values()), tuple({"name": p.name, "kind": p.kind, "size": p.total} for p in plans),
             n_tensors, ffn, tuple(notes),
         )  # fmt: skip
-    return _download(hub, repo_dir, rev, commit, plans, ffn, needed, checkpoint_bytes, sum(f.size for f in files.values()), n_tensors, notes)
+    repo_bytes = sum(f.size for f in files.values())
+    return _download(hub, repo_dir, rev, commit, plans, ffn, verify, needed, checkpoint_bytes, repo_bytes, n_tensors, notes)
 
 
 def _fetch_config_json(hub: _Hub, commit: str, files: dict[str, _RemoteFile]) -> dict[str, Any]:
@@ -1076,6 +1082,7 @@ def _download(
     commit: str,
     plans: list[_FilePlan],
     ffn: bool,
+    verify: bool,
     needed: int,
     checkpoint_bytes: int,
     repo_bytes: int,
@@ -1103,7 +1110,7 @@ def _download(
     hub.planned = sum(sum(n for _, n in p.segments) for p in plans)
     hub.done = 0
     with WeakFileLock(repo_dir / f".lock-{variant}"):
-        done = _snapshot_ok(snap)
+        done = _snapshot_ok(snap, verify)
         if done is not None:  # another process finished it while we waited
             return _cached_result(hub.ref, snap, done, "awmtrace-cache")
         records = [_fill(hub, commit, p, part_dir) for p in plans]
