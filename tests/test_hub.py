@@ -183,7 +183,7 @@ def test_offline_mode_uses_the_cache_and_fails_clearly_otherwise(
     assert offline.path == fetched.path and offline.source == "awmtrace-cache"
     assert compare(models["big"], "acme/big").score >= 0.99
     assert server.requests == []
-    with pytest.raises(HubError, match=r"acme/bf16: not in the cache .*HF_HUB_OFFLINE") as info:
+    with pytest.raises(HubError, match=r"acme/bf16: not a local path, not in the cache .*HF_HUB_OFFLINE") as info:
         hub.fetch("acme/bf16")
     assert "\n" not in str(info.value)
 

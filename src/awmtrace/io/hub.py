@@ -1180,8 +1180,8 @@ def _from_cache(ref: RepoRef, ffn: bool, verify: bool, why: str) -> FetchResult:
     if hf_snap is not None:
         return FetchResult(ref.repo_id, ref.revision, hf_snap.name, hf_snap, "hf-cache", 0, 0, 0, 0)
     raise HubError(
-        f"{ref.spec}: not in the cache ({root} or {_hf_hub_cache()}) and the Hub cannot be used ({_short_why(why)}); "
-        "fetch it once online (awm fetch)"
+        f"{ref.spec}: not a local path, not in the cache ({root} or {_hf_hub_cache()}), and the Hub cannot be used "
+        f"({_short_why(why)}); fetch it once online (awm fetch)"
     )
 
 
