@@ -156,9 +156,9 @@ def test_compare_many_opens_each_model_once(formats: dict[str, Path], monkeypatc
     opened: list[str] = []
     real = pipeline.open_model
 
-    def counting(spec, progress=None):  # noqa: ANN001, ANN202
+    def counting(spec, progress=None, **kw):  # noqa: ANN001, ANN003, ANN202
         opened.append(str(spec))
-        return real(spec, progress)
+        return real(spec, progress, **kw)
 
     monkeypatch.setattr(pipeline, "open_model", counting)
     a, b, c = formats["safetensors"], formats["gguf-f32"], formats["independent"]

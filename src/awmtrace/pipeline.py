@@ -90,7 +90,7 @@ def looks_like_repo_id(spec: str) -> bool:
     return bool(_REPO_ID.match(spec)) and not Path(spec).exists()
 
 
-def _local_path(spec: str | Path, progress: Progress) -> Path:
+def _local_path(spec: str | Path, progress: Progress, ffn: bool = False) -> Path:
     path = Path(spec).expanduser()
     if path.exists():
         return path
@@ -98,13 +98,16 @@ def _local_path(spec: str | Path, progress: Progress) -> Path:
     if looks_like_repo_id(text):
         from awmtrace.io import hub
 
-        return hub.ensure_local(text, progress=progress)
+        return hub.ensure_local(text, progress=progress, ffn=ffn)
     raise InputNotFound(f"{text}: no such file or directory, and not a Hugging Face repo id (org/name[@revision])")
 
 
-def open_model(spec: str | Path, progress: Progress | None = None) -> Model:
-    """Open a checkpoint (directory, ``.safetensors``, ``.gguf``, ``.bin``, or Hub id) without reading weights."""
-    path = _local_path(spec, progress or _no_progress)
+def open_model(spec: str | Path, progress: Progress | None = None, *, ffn: bool = False) -> Model:
+    """Open a checkpoint (directory, ``.safetensors``, ``.gguf``, ``.bin``, or Hub id) without reading weights.
+
+    ``ffn`` matters only for Hub ids: it also fetches the FFN input projections.
+    """
+    path = _local_path(spec, progress or _no_progress, ffn)
     source = open_source(path)
     try:
         view = resolve(source)
@@ -342,6 +345,10 @@ def _parse_weights(weights: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _wants_ffn(weights: str | Iterable[str]) -> bool:
+    return bool({"up", "gate"} & set(_parse_weights(weights))) if weights else False
+
+
 def compare_models(
     a: Model,
     b: Model,
@@ -416,7 +423,8 @@ def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
     ``min_shared_tokens``, ``z_related``, ``z_inconclusive``, ``progress``.
     """
     progress = options.get("progress")
-    with open_model(a, progress) as ma, open_model(b, progress) as mb:
+    ffn = _wants_ffn(options.get("weights", ()))
+    with open_model(a, progress, ffn=ffn) as ma, open_model(b, progress, ffn=ffn) as mb:
         return compare_models(ma, mb, **options)
 
 
@@ -430,7 +438,7 @@ def compare_many(pairs: Iterable[tuple[str | Path, str | Path]], **options: Any)
         for a, b in pairs:
             for spec in (a, b):
                 if str(spec) not in opened:
-                    opened[str(spec)] = open_model(spec, progress)
+                    opened[str(spec)] = open_model(spec, progress, ffn=_wants_ffn(options.get("weights", ())))
             results.append(compare_models(opened[str(a)], opened[str(b)], **options))
         return results
     finally:

@@ -162,7 +162,8 @@ def compare(
 ) -> None:
     """Score how likely B derives from A (each a directory, .safetensors, .gguf, .bin, or Hub id org/name[@rev])."""
     with progress_reporter(quiet) as progress:
-        with open_model(model_a, progress) as ma, open_model(model_b, progress) as mb:
+        ffn = any(w.strip() in ("up", "gate") for w in weights.split(","))
+        with open_model(model_a, progress, ffn=ffn) as ma, open_model(model_b, progress, ffn=ffn) as mb:
             result = compare_models(
                 ma,
                 mb,
