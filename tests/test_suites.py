@@ -230,7 +230,8 @@ def test_suite_run_and_report_on_the_command_line(tiny: dict[str, Path]) -> None
     assert data["counts"] == {"done": 4, "skipped": 0, "missing": 1, "failed": 0}
 
     res = runner.invoke(main, ["suite", "report", "tiny", "--format", "json", *common])
-    rows = json.loads(res.output)["rows"]
+    report = json.loads(res.output)
+    rows = report["rows"]
     assert [r["status"] for r in rows] == ["done", "done", "not run", "done", "done"]
     assert rows[0]["score"] > 0.5 and rows[0]["category"] == "SFT" and rows[0]["label"] == "related"
 
@@ -238,6 +239,20 @@ def test_suite_run_and_report_on_the_command_line(tiny: dict[str, Path]) -> None
     table = list(csv.DictReader(io.StringIO(res.output)))
     assert [r["offspring"] for r in table] == ["drift", "perm", "ghost", "hubbed", "independent"]
     assert float(table[1]["score"]) > 0.9 and table[2]["score"] == ""
+
+    # Holm-adjusted p over the 4 tested pairs is never below the raw p; the note explains it.
+    done = [r for r in rows if r["status"] == "done"]
+    assert all(r["p_holm"] >= r["p_value"] for r in done)
+    assert "4 pairs tested at once" in report["multiple_comparison_note"]
+
+    # Re-scoring under another null moves z (scores stay as stored), no weights read.
+    null = tiny["store"].parent / "wide-null.json"
+    null.write_text(json.dumps({"format": "awmtrace-null", "name": "wide", "mean": 0.0, "std": 0.1, "n": 10, "scores": []}))
+    res = runner.invoke(main, ["suite", "report", "tiny", "--format", "json", "--null", str(null), *common])
+    assert res.exit_code == 0, res.output
+    rescored = json.loads(res.output)["rows"]
+    assert rescored[1]["score"] == rows[1]["score"]
+    assert rescored[1]["z"] == pytest.approx(rows[1]["score"] / 0.1)
 
     res = runner.invoke(main, ["suite", "report", "tiny", "--format", "md", *common])
     assert res.output.splitlines()[0].startswith("| category | base | offspring | score_q")

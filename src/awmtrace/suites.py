@@ -23,14 +23,16 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from awmtrace.core.stats import adjust_p_values, rescore
 from awmtrace.errors import AwmError, FormatError, InputNotFound, StoreError, UsageError
 from awmtrace.store import DEFAULT_STORE, ResultsStore, StoredRecord, model_fingerprint, record_key
+from awmtrace.types import NullModel
 
 __all__ = [
     "Suite",
@@ -497,6 +499,8 @@ class ReportRow:
     score_k: float | None = None
     score: float | None = None
     z: float | None = None
+    p_value: float | None = None
+    p_holm: float | None = None  # Holm-adjusted over the pairs of the report that have results
     verdict: str | None = None
     paper_abs_z: float | None = None
     paper_note: str | None = None
@@ -518,6 +522,8 @@ class ReportRow:
             "score": self.score,
             "z": self.z,
             "abs_z": abs(self.z) if self.z is not None else None,
+            "p_value": self.p_value,
+            "p_holm": self.p_holm,
             "verdict": self.verdict,
             "paper_abs_z": self.paper_abs_z,
             "paper_note": self.paper_note,
@@ -531,11 +537,14 @@ def suite_report(
     store: ResultsStore | str | Path = DEFAULT_STORE,
     *,
     suites_file: str | Path | None = None,
+    null: NullModel | None = None,
 ) -> list[ReportRow]:
     """The paper-style table of ``suite``: one row per pair, from the newest stored result of each.
 
     Rows follow the suite's order; base/offspring follow the paper where its
-    table has the pair (``paper_abs_z``), else the suite's order.
+    table has the pair (``paper_abs_z``), else the suite's order. With
+    ``null``, z and the verdict are recomputed from the stored scores under
+    that null (no weights are read); otherwise they are as stored.
     """
     s = get_suite(suite, suites_file) if isinstance(suite, str) else suite
     owned = not isinstance(store, ResultsStore)
@@ -553,7 +562,7 @@ def suite_report(
             if rec is None:
                 rows.append(ReportRow(status="not run", **common))
                 continue
-            r = rec.result
+            r = rec.result if null is None else rescore(rec.result, null)
             rows.append(
                 ReportRow(
                     status="done",
@@ -561,12 +570,18 @@ def suite_report(
                     score_k=r.get("score_k"),
                     score=r.get("score"),
                     z=r.get("z"),
+                    p_value=r.get("p_value"),
                     verdict=(r.get("verdict") or {}).get("label"),
                     tool_version=rec.tool_version,
                     created_at=rec.created_at,
                     **common,
                 )
             )
+        tested = [i for i, row in enumerate(rows) if row.p_value is not None]
+        if tested:
+            holm = adjust_p_values([rows[i].p_value for i in tested], "holm")
+            for i, p in zip(tested, holm, strict=True):
+                rows[i] = replace(rows[i], p_holm=float(p))
         return rows
     finally:
         if owned:

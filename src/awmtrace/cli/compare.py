@@ -30,7 +30,9 @@ def verdict_line(result: dict[str, Any]) -> str:
     v = result["verdict"]
     style = _VERDICT_STYLE.get(v["label"], "bold")
     emp = result.get("p_empirical")
-    emp_txt = f", empirical p {_fmt_p(emp)}" if emp is not None else ""
+    resolution = result["null"].get("empirical_resolution")
+    floor = f" (resolution {resolution:.2g})" if resolution else ""
+    emp_txt = f", empirical p {_fmt_p(emp)}{floor}" if emp is not None else ""
     return (
         f"[{style}]{v['label'].upper()}[/]: score {result['score']:.4f}, z = {result['z']:.1f}, "
         f"p = {_fmt_p(result['p_value'])}{emp_txt} (null: {escape(result['null']['name'])}; {escape(v['rule'])})"
@@ -123,7 +125,9 @@ def print_result(result: dict[str, Any], per_layer: bool) -> None:
     if result.get("ffn"):
         console.print()
         console.print(_ffn_table(result["ffn"], per_layer))
-    for note in result.get("notes", []):
+    from awmtrace.nulls import null_caveats
+
+    for note in [*result.get("notes", []), *null_caveats(result)]:
         console.print(f"[dim]note: {escape(note)}[/]")
     console.print(verdict_line(result), soft_wrap=True)
 

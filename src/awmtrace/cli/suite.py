@@ -190,7 +190,7 @@ def run(
         raise SystemExit(1)
 
 
-_COLUMNS = ("category", "base", "offspring", "score_q", "score_k", "score", "z", "paper_abs_z", "verdict", "expected", "status")
+_COLUMNS = ("category", "base", "offspring", "score_q", "score_k", "score", "z", "p_holm", "paper_abs_z", "verdict", "expected", "status")
 
 
 def _row_values(d: dict[str, Any]) -> dict[str, str]:
@@ -202,6 +202,7 @@ def _row_values(d: dict[str, Any]) -> dict[str, str]:
         "score_k": _fmt(d["score_k"], 4),
         "score": _fmt(d["score"], 4),
         "z": _fmt(d["z"], 2),
+        "p_holm": "-" if d["p_holm"] is None else f"{d['p_holm']:.2g}",
         "paper_abs_z": _fmt(d["paper_abs_z"], 2),
         "verdict": d["verdict"] or "-",
         "expected": d["label"],
@@ -214,18 +215,36 @@ def _row_values(d: dict[str, Any]) -> dict[str, str]:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "md", "json"]), default="table", show_default=True, help="Output format.")
 @store_option
 @suites_file_option
+@click.option("--null", "null", default=None, metavar="NAME|FILE", help="Recompute z and verdicts under this null (default: as stored).")
 @friendly_errors
-def report_(name: str, fmt: str, store_path: Path, suites_file: Path | None) -> None:
+def report_(name: str, fmt: str, store_path: Path, suites_file: Path | None, null: str | None) -> None:
     """The paper-style table of suite NAME from the results store, with the paper's |z| where it has the pair."""
+    from awmtrace.core.stats import multiple_comparison_note
+    from awmtrace.nulls import load_null
     from awmtrace.suites import get_suite, suite_report
 
     s = get_suite(name, suites_file)
-    rows = [r.to_dict() for r in suite_report(s, store_path)]
+    null_model = load_null(null) if null is not None else None
+    rows = [r.to_dict() for r in suite_report(s, store_path, null=null_model)]
+    done_count = sum(1 for r in rows if r["status"] == "done")
+    mc_note = multiple_comparison_note(done_count)
     if fmt == "json":
-        emit_json({"suite": s.name, "category": s.category, "label": s.label, "store": str(store_path), "rows": rows})
+        emit_json(
+            {
+                "suite": s.name,
+                "category": s.category,
+                "label": s.label,
+                "store": str(store_path),
+                "null": null_model.to_dict() if null_model is not None else "as stored",
+                "multiple_comparison_note": mc_note,
+                "rows": rows,
+            }
+        )
         return
     values = [_row_values(r) for r in rows]
     notes = [f"{r['base']} -> {r['offspring']}: {r['paper_note']}" for r in rows if r["paper_note"]]
+    if mc_note:
+        notes.append(mc_note)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -235,7 +254,7 @@ def report_(name: str, fmt: str, store_path: Path, suites_file: Path | None) -> 
             writer.writerow(["" if v is None else v for v in cells])
         click.echo(buf.getvalue(), nl=False)
         return
-    headers = {"paper_abs_z": "paper |z|", "score_q": "score_q", "score_k": "score_k"}
+    headers = {"paper_abs_z": "paper |z|", "score_q": "score_q", "score_k": "score_k", "p_holm": "p (Holm)"}
     if fmt == "md":
         click.echo("| " + " | ".join(headers.get(c, c) for c in _COLUMNS) + " |")
         click.echo("|" + "|".join("---:" if c in ("score_q", "score_k", "score", "z", "paper_abs_z") else "---" for c in _COLUMNS) + "|")
