@@ -23,8 +23,9 @@ from awmtrace.arch.resolve import read_attention, read_ffn, resolve
 from awmtrace.core import stats
 from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
 from awmtrace.core.backend import Backend, select_backend
-from awmtrace.errors import AwmError, InputNotFound, UsageError, VocabularyError
+from awmtrace.errors import AwmError, InputNotFound, NumericalError, UsageError, VocabularyError
 from awmtrace.io import TensorSource, open_source
+from awmtrace.io.base import RAW_DTYPES, read_raw_into
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
 from awmtrace.nulls import load_null
 from awmtrace.types import Alignment, FfnLayerScore, LayerScore, ModelView, NullModel, PairResult
@@ -170,21 +171,44 @@ def align_models(
     base_side = "a" if a.view.hidden_size >= b.view.hidden_size else "b"
     base, other = (a, b) if base_side == "a" else (b, a)
     ids_base, ids_other, method = _shared_ids(base, other, align, min_shared_tokens)
+    started = time.perf_counter()
     acc = CosineAccumulator(base.view.hidden_size, other.view.hidden_size)
+    # Both embeddings are read now; let the OS fetch the second (and then the
+    # first layer, see below) while this process works on the first.
+    other.source.prefetch([other.view.embedding.name])
     reader_base = base.source.row_reader(base.view.embedding.name)
     reader_other = other.source.row_reader(other.view.embedding.name)
+    for m in (base, other):
+        if m.view.layers:
+            m.source.prefetch(_attention_names(m, 0))
+    t_read = time.perf_counter() - started
+    t_cost = 0.0
     total = ids_base.size
     for start in range(0, total, EMBEDDING_BLOCK_ROWS):
         stop = min(start + EMBEDDING_BLOCK_ROWS, total)
-        acc.add(reader_base.take(ids_base[start:stop]), reader_other.take(ids_other[start:stop]))
+        t0 = time.perf_counter()
+        rows_base, rows_other = reader_base.take(ids_base[start:stop]), reader_other.take(ids_other[start:stop])
+        t1 = time.perf_counter()
+        acc.add(rows_base, rows_other)
+        t_read += t1 - t0
+        t_cost += time.perf_counter() - t1
         progress("aligning embeddings", stop, total)
     reader_base.close()
     reader_other.close()
     base.source.release()
     other.source.release()
     progress("solving hidden-dimension assignment", 0, 1)
+    t0 = time.perf_counter()
     index, signs, matched = assign_dimensions(acc.cosines())
+    t_lap = time.perf_counter() - t0
     progress("solving hidden-dimension assignment", 1, 1)
+    log.debug(
+        "alignment: %.2f s reading embedding rows, %.2f s cosine matrix, %.2f s assignment",
+        t_read,
+        t_cost,
+        t_lap,
+        extra={"timings": {"read embeddings": t_read, "cost matrix": t_cost, "assignment": t_lap}},
+    )
     return Alignment(
         index=index,
         signs=signs,
@@ -200,77 +224,138 @@ def align_models(
 # --------------------------------------------------------------------------- scoring
 
 
-def _aligned(w_base: np.ndarray, w_other: np.ndarray, al: Alignment) -> tuple[np.ndarray, np.ndarray]:
-    """Sample matrices ``(n, p)`` and ``(n, q)`` after alignment: rows are the other model's hidden dims.
-
-    ``w_base``: ``(p, n_base)``; ``w_other``: ``(q, n_other)`` (modified in place by the signs).
-    Index-and-sign instead of selection matmuls; ``.T`` views are Fortran-ordered, as SYRK wants.
-    """
-    x = w_base if (al.index.size == w_base.shape[1] and al.is_identity) else w_base[:, al.index]
-    if al.n_sign_flips:
-        w_other *= al.signs[None, :]
-    return x.T, w_other.T
+def _attention_names(model: Model, index: int) -> list[str]:
+    layer = model.view.layers[index]
+    return sorted({layer.q.name, layer.k.name})
 
 
 class _Sides:
-    """Reads a layer of either model and returns it in (base, other) order."""
+    """Reads Q and K of a layer of either model, aligned, into float32 buffers reused from layer to layer.
+
+    The base model's columns are gathered by the alignment index and the
+    other model's are multiplied by the signs (index-and-sign, never a
+    selection matmul). Plain safetensors tensors (F32/F16/BF16, not fused,
+    not transposed) are read with :func:`read_raw_into` into a reused buffer
+    and converted (and gathered, at 2 bytes per element for bf16) straight
+    into the float32 buffer; anything else goes through
+    :func:`read_attention`. Returned sample matrices ``(n_other, d_out)`` are
+    Fortran-ordered views, as SYRK wants, and stay valid until the next read
+    of the same model side.
+    """
 
     def __init__(self, a: Model, b: Model, al: Alignment) -> None:
         self.a, self.b, self.al = a, b, al
+        n_base = al.hidden_size_a if al.base == "a" else al.hidden_size_b
+        self._gather = not (al.index.size == n_base and np.array_equal(al.index, np.arange(n_base)))
+        self._flip = al.n_sign_flips > 0
+        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
+        self.read_s = 0.0
 
-    def attention(self, model: Model, index: int) -> tuple[np.ndarray, np.ndarray]:
-        q, k = read_attention(model.source, model.view, model.view.layers[index])
-        model.source.release()
-        return q, k
+    def _buffer(self, key: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            self._buffers.pop(key, None)
+            buf = self._buffers[key] = np.empty(shape, dtype=dtype)
+        return buf
 
-    def pair(self, ia: int, ib: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        qa, ka = self.attention(self.a, ia)
-        qb, kb = self.attention(self.b, ib)
-        if self.al.base == "a":
-            return _aligned(qa, qb, self.al), _aligned(ka, kb, self.al)
-        xq, yq = _aligned(qb, qa, self.al)
-        xk, yk = _aligned(kb, ka, self.al)
-        # Keep (a, b) order for the caller; CKA is symmetric anyway.
-        return (yq, xq), (yk, xk)
+    def model(self, side: str) -> Model:
+        return self.a if side == "a" else self.b
+
+    def prefetch(self, side: str, index: int) -> None:
+        model = self.model(side)
+        if 0 <= index < model.view.n_layers:
+            model.source.prefetch(_attention_names(model, index))
+
+    def samples(self, side: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned sample matrices of Q and K of layer ``index`` of model ``side`` (``"a"``/``"b"``)."""
+        started = time.perf_counter()
+        model = self.model(side)
+        layer = model.view.layers[index]
+        is_base = side == self.al.base
+        out = []
+        layouts = None
+        if not any(r.part is not None or r.transposed for r in (layer.q, layer.k)):
+            layouts = [model.source.raw_layout(r.name) for r in (layer.q, layer.k)]
+            if any(lay is None or len(lay.shape) != 2 for lay in layouts):
+                layouts = None
+        if layouts is not None:
+            for role, ref, lay in zip(("q", "k"), (layer.q, layer.k), layouts, strict=True):
+                raw = read_raw_into(lay, self._buffer(("raw", lay.dtype, lay.shape), lay.shape, RAW_DTYPES[lay.dtype]))
+                out.append(self._align(side, role, raw, is_base, lay.dtype, f"{lay.path}: tensor {ref.name!r}"))
+        else:
+            q, k = read_attention(model.source, model.view, layer)
+            model.source.release()
+            for role, w in (("q", q), ("k", k)):
+                out.append(self._align(side, role, w, is_base, "F32", f"{model.spec}: layer {index} {role}"))
+        self.read_s += time.perf_counter() - started
+        return out[0], out[1]
+
+    def _align(self, side: str, role: str, w: np.ndarray, is_base: bool, dtype: str, where: str) -> np.ndarray:
+        """``w``: ``(d_out, hidden)`` as stored (``BF16`` as uint16 bits) -> aligned float32 samples ``(n_other, d_out)``."""
+        if is_base and self._gather:
+            # Gather before converting: half the bytes for bf16, and np.take
+            # into a buffer is several times faster than fancy indexing,
+            # whose result here would not even be C-ordered.
+            shape = (w.shape[0], self.al.index.size)
+            w = np.take(w, self.al.index, axis=1, out=self._buffer(("gather", w.dtype, shape), shape, w.dtype))
+        x = self._buffer(("x", side, role), w.shape, np.float32)
+        if dtype == "BF16":
+            bits = x.view(np.uint32)
+            np.copyto(bits, w)
+            np.left_shift(bits, 16, out=bits)
+        else:
+            np.copyto(x, w)
+        if not np.isfinite(x).all():
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise NumericalError(f"{where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
+        if not is_base and self._flip:
+            np.multiply(x, self.al.signs[None, :], out=x)
+        return x.T
 
 
 def _score_same_depth(sides: _Sides, n_layers: int, backend: Backend, progress: Progress) -> list[LayerScore]:
     out: list[LayerScore] = []
+    t_ucka = 0.0
     for i in range(n_layers):
-        (xq, yq), (xk, yk) = sides.pair(i, i)
+        xq, xk = sides.samples("a", i)
+        yq, yk = sides.samples("b", i)
+        # The OS reads layer i+1 while this one is scored.
+        sides.prefetch("a", i + 1)
+        sides.prefetch("b", i + 1)
+        t0 = time.perf_counter()
         out.append(LayerScore(i, i, backend.ucka(xq, yq), backend.ucka(xk, yk)))
+        t_ucka += time.perf_counter() - t0
         progress("scoring layers", i + 1, n_layers)
+    log.debug(
+        "scored %d layers: %.2f s reading, %.2f s UCKA",
+        n_layers,
+        sides.read_s,
+        t_ucka,
+        extra={"timings": {"read layers": sides.read_s, "ucka": t_ucka}},
+    )
     return out
 
 
 def _score_matched(sides: _Sides, la: int, lb: int, backend: Backend, progress: Progress) -> tuple[list[LayerScore], np.ndarray]:
     """All ``la x lb`` layer pairs in Gram space, the shallower model's terms held in memory."""
     a_shallow = la <= lb
-    shallow, deep = (sides.a, sides.b) if a_shallow else (sides.b, sides.a)
+    shallow, deep = ("a", "b") if a_shallow else ("b", "a")
     n_shallow, n_deep = min(la, lb), max(la, lb)
-    al = sides.al
-
-    def aligned_single(model: Model, index: int) -> tuple[np.ndarray, np.ndarray]:
-        q, k = sides.attention(model, index)
-        is_base = (model is sides.a) == (al.base == "a")
-        if is_base:
-            if not al.is_identity or al.index.size != q.shape[1]:
-                q, k = q[:, al.index], k[:, al.index]
-            return q.T, k.T
-        if al.n_sign_flips:
-            q *= al.signs[None, :]
-            k *= al.signs[None, :]
-        return q.T, k.T
 
     held = []
     for i in range(n_shallow):
-        xq, xk = aligned_single(shallow, i)
+        xq, xk = sides.samples(shallow, i)
+        if i + 1 < n_shallow:
+            sides.prefetch(shallow, i + 1)
+        else:
+            sides.prefetch(deep, 0)
         held.append((backend.gram_terms(xq), backend.gram_terms(xk)))
         progress("scoring layers", i + 1, n_shallow + n_deep)
     score_q = np.zeros((n_shallow, n_deep))
     score_k = np.zeros((n_shallow, n_deep))
     for j in range(n_deep):
-        xq, xk = aligned_single(deep, j)
+        xq, xk = sides.samples(deep, j)
+        sides.prefetch(deep, j + 1)
         tq, tk = backend.gram_terms(xq), backend.gram_terms(xk)
         for i, (hq, hk) in enumerate(held):
             score_q[i, j] = backend.cka_from_gram_terms(hq, tq)

@@ -14,6 +14,7 @@ the smaller one is assigned a distinct base dimension (a rectangular LAP).
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import sgemm
 from scipy.optimize import linear_sum_assignment
 
 from awmtrace.errors import NumericalError
@@ -37,7 +38,8 @@ class CosineAccumulator:
         self.n_base = n_base
         self.n_other = n_other
         # (n_other, n_base): rows = dimensions to assign, columns = base dimensions.
-        self._cross = np.zeros((n_other, n_base), dtype=np.float32)
+        # Fortran order, so that SGEMM accumulates into it in place.
+        self._cross = np.zeros((n_other, n_base), dtype=np.float32, order="F")
         self._sq_base = np.zeros(n_base, dtype=np.float64)
         self._sq_other = np.zeros(n_other, dtype=np.float64)
         self.n_rows = 0
@@ -51,11 +53,14 @@ class CosineAccumulator:
             )
         if not (np.isfinite(rows_base).all() and np.isfinite(rows_other).all()):
             raise NumericalError("the token embedding holds NaN or Inf values")
-        rb = np.asarray(rows_base, dtype=np.float32)
-        ro = np.asarray(rows_other, dtype=np.float32)
-        # cross += ro' rb, accumulated in place (sgemm with beta=1 would avoid the temporary;
-        # the block is small next to the product so numpy's out-of-place add is fine).
-        self._cross += ro.T @ rb
+        rb = np.ascontiguousarray(rows_base, dtype=np.float32)
+        ro = np.ascontiguousarray(rows_other, dtype=np.float32)
+        # cross += ro' rb by SGEMM with beta=1, in place: no (n_other, n_base)
+        # temporary per block. ro.T and rb.T are Fortran-ordered views, so
+        # BLAS reads the blocks without copies.
+        out = sgemm(1.0, ro.T, rb.T, trans_b=1, beta=1.0, c=self._cross, overwrite_c=1)
+        if not np.shares_memory(out, self._cross):  # pragma: no cover - ruled out by the layouts above
+            raise RuntimeError("sgemm did not accumulate into the cosine buffer")
         self._sq_base += np.einsum("ij,ij->j", rb, rb, dtype=np.float64)
         self._sq_other += np.einsum("ij,ij->j", ro, ro, dtype=np.float64)
         self.n_rows += rb.shape[0]

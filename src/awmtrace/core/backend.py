@@ -39,6 +39,13 @@ class Backend:
 class NumpyBackend(Backend):
     name = "cpu"
 
+    def __init__(self) -> None:
+        # Gram buffers reused by every ucka() call of one comparison.
+        self.workspace = cka.GramWorkspace()
+
+    def ucka(self, x: np.ndarray, y: np.ndarray) -> float:
+        return cka.unbiased_linear_cka(x, y, workspace=self.workspace)
+
 
 @dataclass(frozen=True, eq=False)
 class _TorchTerms:

@@ -36,6 +36,7 @@ from scipy.linalg.blas import ssyrk
 from awmtrace.errors import NumericalError
 
 __all__ = [
+    "GramWorkspace",
     "GramTerms",
     "FeatureTerms",
     "gram_terms",
@@ -50,14 +51,47 @@ __all__ = [
 ]
 
 
+#: Columns of a Gram matrix reduced together: a slab of 256 columns of a
+#: 4096-row float32 Gram is 4 MiB, which stays in cache for the three
+#: reductions :func:`_gram_stats` makes over it.
+GRAM_SLAB = 256
+
+
 def _rowwise_dot64(a: np.ndarray, b: np.ndarray) -> float:
     """``sum(a * b)`` for two same-shape 2-D float32 arrays, accumulated in float64.
 
-    Each row is reduced in float32 (a few thousand terms, vectorised), the row
-    sums in float64: exact enough for UCKA near zero and no float64 copy of
-    the matrices.
+    Each contiguous line (a row, or a column of Fortran-ordered arrays) is
+    reduced in float32 (a few thousand terms, vectorised), the line sums in
+    float64: exact enough for UCKA near zero and no float64 copy of the
+    matrices.
     """
+    if a.flags.f_contiguous and b.flags.f_contiguous and not (a.flags.c_contiguous and b.flags.c_contiguous):
+        a, b = a.T, b.T
     return float(np.einsum("ij,ij->i", a, b).sum(dtype=np.float64))
+
+
+def _gram_stats(k: np.ndarray) -> tuple[np.ndarray, float]:
+    """Row sums and ``sum(k * k)`` of a strict upper triangle, in one pass over memory.
+
+    ``k``: ``(n, n)`` float32 holding the strict upper triangle of a symmetric
+    zero-diagonal matrix ``K~`` (zeros elsewhere). Returns ``(K~ 1, sum(k*k))``,
+    ``(n,)`` float64 and a float. The matrix is walked in slabs of
+    :data:`GRAM_SLAB` contiguous columns; each slab's partial sums are float32
+    over at most ``n`` terms and are accumulated in float64.
+    """
+    if not k.flags.f_contiguous and k.flags.c_contiguous:
+        # Row sums of K~ are symmetric in rows and columns of its triangle.
+        k = k.T
+    n = k.shape[0]
+    rows = np.zeros(n, dtype=np.float64)
+    cols = np.empty(n, dtype=np.float64)
+    sq = 0.0
+    for j in range(0, n, GRAM_SLAB):
+        slab = k[:, j : j + GRAM_SLAB]
+        rows += slab.sum(axis=1)
+        cols[j : j + slab.shape[1]] = slab.sum(axis=0)
+        sq += float(np.einsum("ij,ij->j", slab, slab).sum(dtype=np.float64))
+    return rows + cols, sq
 
 
 def _hsic(tr_kl: float, total_k: float, total_l: float, cross_rows: float, n: int) -> float:
@@ -77,14 +111,49 @@ def _check_samples(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def _syrk_upper(x: np.ndarray, trans: int = 0) -> np.ndarray:
+def _syrk_upper(x: np.ndarray, trans: int = 0, out: np.ndarray | None = None) -> np.ndarray:
     """Upper triangle of ``x x'`` (``trans=0``) or ``x' x`` (``trans=1``); the rest is zero.
 
     BLAS SYRK does half the flops of a GEMM. It wants Fortran order: the
     sample matrices here are ``W.T`` views of C-ordered weights, which already
-    are, so no copy is made.
+    are, so no copy is made. ``out`` (Fortran-ordered float32, strict lower
+    triangle zero) receives the result in place: SYRK with ``beta=0`` writes
+    only the upper triangle, so the lower one stays zero from call to call.
     """
-    return ssyrk(1.0, np.asfortranarray(x), trans=trans)
+    x = np.asfortranarray(x)
+    if out is None:
+        return ssyrk(1.0, x, trans=trans)
+    m = x.shape[1] if trans else x.shape[0]
+    if out.shape != (m, m) or out.dtype != np.float32 or not out.flags.f_contiguous:
+        raise ValueError(f"out must be a ({m}, {m}) Fortran-ordered float32 array, got {out.shape} {out.dtype}")
+    k = ssyrk(1.0, x, trans=trans, beta=0.0, c=out, overwrite_c=1)
+    if not np.shares_memory(k, out):  # pragma: no cover - f2py copies only on a layout mismatch, ruled out above
+        raise RuntimeError("ssyrk did not write into the buffer it was given")
+    return k
+
+
+class GramWorkspace:
+    """Reusable ``(n, n)`` float32 Gram buffers, so that scoring layer after layer allocates nothing.
+
+    A fresh 64 MiB array per Gram costs page faults on every layer (and its
+    pages return to the OS when freed); two buffers per size are enough for
+    one pair. ``buffer(n, slot)`` returns the same zero-lower-triangle
+    Fortran-ordered array for the same ``(n, slot)`` every time, so terms built
+    in a slot are only valid until that slot is used again.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[int, int], np.ndarray] = {}
+
+    def buffer(self, n: int, slot: int) -> np.ndarray:
+        key = (n, slot)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = np.zeros((n, n), dtype=np.float32, order="F")
+        return buf
+
+    def clear(self) -> None:
+        self._buffers.clear()
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,15 +176,20 @@ class GramTerms:
         return int(self.gram.shape[0])
 
 
-def gram_terms(x: np.ndarray) -> GramTerms:
-    """Gram-space terms of ``x``: ``(n, p)`` samples x features (float32)."""
+def gram_terms(x: np.ndarray, out: np.ndarray | None = None) -> GramTerms:
+    """Gram-space terms of ``x``: ``(n, p)`` samples x features (float32).
+
+    ``out``: optional ``(n, n)`` buffer for the Gram (a :class:`GramWorkspace`
+    buffer, or the ``gram`` of terms no longer needed); the result then
+    shares it.
+    """
     x = _check_samples(x, "X")
     n = x.shape[0]
-    k = _syrk_upper(x)
+    k = _syrk_upper(x, out=out)
     np.fill_diagonal(k, 0.0)
-    row_sums = k.sum(axis=1, dtype=np.float64) + k.sum(axis=0, dtype=np.float64)
+    row_sums, sq = _gram_stats(k)
     total = float(row_sums.sum())
-    self_hsic = _hsic(2.0 * _rowwise_dot64(k, k), total, total, float(row_sums @ row_sums), n)
+    self_hsic = _hsic(2.0 * sq, total, total, float(row_sums @ row_sums), n)
     return GramTerms(gram=k, row_sums=row_sums, total=total, self_hsic=self_hsic)
 
 
@@ -190,18 +264,23 @@ def choose_method(n: int, p: int, q: int) -> str:
     return "feature" if p + q < n else "gram"
 
 
-def unbiased_linear_cka(x: np.ndarray, y: np.ndarray, method: str = "auto") -> float:
+def unbiased_linear_cka(x: np.ndarray, y: np.ndarray, method: str = "auto", workspace: GramWorkspace | None = None) -> float:
     """Unbiased linear CKA between sample matrices ``x``: ``(n, p)`` and ``y``: ``(n, q)``.
 
     ``method`` is ``"auto"``, ``"gram"`` or ``"feature"``; all give the same
-    value up to float32 rounding.
+    value up to float32 rounding. ``workspace`` lends the Gram buffers (its
+    slots 0 and 1), so repeated calls allocate nothing.
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y need the same number of samples (rows): {x.shape} vs {y.shape}")
     if method == "auto":
         method = choose_method(x.shape[0], x.shape[1], y.shape[1])
     if method == "gram":
-        tx, ty = gram_terms(x), gram_terms(y)
+        n = x.shape[0]
+        if workspace is not None:
+            tx, ty = gram_terms(x, out=workspace.buffer(n, 0)), gram_terms(y, out=workspace.buffer(n, 1))
+        else:
+            tx, ty = gram_terms(x), gram_terms(y)
         return cka_from_terms(hsic_from_gram_terms(tx, ty), tx.self_hsic, ty.self_hsic)
     if method == "feature":
         fx, fy = feature_terms(x), feature_terms(y)

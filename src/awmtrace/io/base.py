@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,52 @@ import numpy as np
 
 from awmtrace.errors import FormatError, NumericalError
 
-__all__ = ["TensorSource", "RowReader", "read_json", "to_float32"]
+__all__ = ["TensorSource", "RowReader", "RawLayout", "read_raw_into", "read_json", "to_float32"]
+
+#: Stored element types that :func:`read_raw_into` copies byte for byte.
+RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+
+@dataclass(frozen=True)
+class RawLayout:
+    """Where a tensor stored as a plain little-endian array lies: ``nbytes`` at ``offset`` of ``path``.
+
+    ``dtype`` is a key of :data:`RAW_DTYPES` (``BF16`` is read as its raw
+    ``uint16`` bit patterns); ``shape`` is in numpy order.
+    """
+
+    path: Path
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def read_raw_into(layout: RawLayout, out: np.ndarray) -> np.ndarray:
+    """Copy a tensor's bytes from its file into ``out`` (C-contiguous, ``layout.nbytes`` long).
+
+    Plain ``readinto`` on a caller-owned buffer: no memory map whose pages
+    count in RSS, and no fresh allocation per read (first touches of fresh
+    pages are the dominant cost of copying a layer on small VMs).
+    """
+    view = memoryview(out).cast("B")
+    if view.nbytes != layout.nbytes:
+        raise ValueError(f"buffer holds {view.nbytes} bytes, the tensor {layout.nbytes}")
+    try:
+        with open(layout.path, "rb", buffering=0) as fh:
+            fh.seek(layout.offset)
+            done = 0
+            while done < layout.nbytes:
+                got = fh.readinto(view[done:])
+                if not got:
+                    raise FormatError(
+                        f"{layout.path}: file ends {layout.nbytes - done} bytes short of a tensor at offset {layout.offset}; "
+                        "the file is truncated, download it again"
+                    )
+                done += got
+    except OSError as exc:
+        raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
+    return out
 
 
 class TensorSource(ABC):
@@ -70,6 +116,18 @@ class TensorSource(ABC):
     def file_of(self, name: str) -> str:
         """The file that holds ``name`` (for messages)."""
         return str(self.path)
+
+    def raw_layout(self, name: str) -> RawLayout | None:
+        """Where ``name``'s bytes lie when it is stored as a plain F32/F16/BF16 array, else ``None``.
+
+        Lets a caller read a layer straight into buffers it reuses
+        (:func:`read_raw_into`); readers that cannot say return ``None`` and
+        the caller uses :meth:`read_many`.
+        """
+        return None
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Hint that ``names`` will be read next, so the OS can fetch them while the caller computes."""
 
     def release(self) -> None:
         """Drop memory-mapped pages touched so far (they count in RSS while mapped)."""

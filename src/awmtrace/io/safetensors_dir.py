@@ -13,12 +13,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes  # noqa: F401 - registers numpy's 'bfloat16' dtype, which safetensors' numpy reader looks up by name
+import json
+import os
+import struct
+
+import ml_dtypes  # also registers numpy's 'bfloat16' dtype, which safetensors' numpy reader looks up by name
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from awmtrace.errors import FormatError, InputNotFound, MissingTensor
-from awmtrace.io.base import RowReader, TensorSource, read_json, to_float32
+from awmtrace.io.base import RAW_DTYPES, RawLayout, RowReader, TensorSource, read_json, read_raw_into, to_float32
 
 __all__ = ["SafetensorsSource", "INDEX_NAME"]
 
@@ -50,6 +54,7 @@ class SafetensorsSource(TensorSource):
         self._shape: dict[str, tuple[int, ...]] = {}
         self._dtype: dict[str, str] = {}
         self._file: dict[str, Path] = {}
+        self._layouts: dict[Path, dict[str, RawLayout]] = {}
         if files is None:
             files = self._discover(path)
         for file in files:
@@ -124,10 +129,69 @@ class SafetensorsSource(TensorSource):
                     del raw
         return out
 
+    def _file_layouts(self, file: Path) -> dict[str, RawLayout]:
+        """Byte ranges of a file's plain tensors, from its header (8-byte length, JSON; see the safetensors spec).
+
+        ``safe_open`` has already validated the header when the source was
+        opened; only the offsets it does not expose are read here.
+        """
+        layouts = self._layouts.get(file)
+        if layouts is None:
+            layouts = {}
+            try:
+                with open(file, "rb") as fh:
+                    (size,) = struct.unpack("<Q", fh.read(8))
+                    header = json.loads(fh.read(size))
+            except (OSError, struct.error, ValueError) as exc:
+                raise FormatError(f"{file}: cannot read the safetensors header ({_short(exc)})") from None
+            for name, info in header.items():
+                if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") not in RAW_DTYPES:
+                    continue
+                begin, end = (int(v) for v in info["data_offsets"])
+                layouts[name] = RawLayout(file, 8 + size + begin, end - begin, info["dtype"], tuple(int(d) for d in info["shape"]))
+            self._layouts[file] = layouts
+        return layouts
+
+    def raw_layout(self, name: str) -> RawLayout | None:
+        layout = self._file_layouts(self._file[self._check(name)]).get(name)
+        if layout is None or layout.shape != self._shape[name]:
+            return None
+        if layout.nbytes != RAW_DTYPES[layout.dtype].itemsize * int(np.prod(layout.shape, dtype=np.int64)):
+            raise FormatError(f"{layout.path}: tensor {name!r} spans {layout.nbytes} bytes, not what its shape {layout.shape} needs")
+        return layout
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        # POSIX_FADV_WILLNEED starts readahead without blocking on it; Linux
+        # caps one call at the device's readahead window, hence 8 MiB steps.
+        if not hasattr(os, "posix_fadvise"):
+            return
+        step = 8 << 20
+        for name in names:
+            layout = self.raw_layout(name) if name in self._file else None
+            if layout is None:
+                continue
+            try:
+                fd = os.open(layout.path, os.O_RDONLY)
+            except OSError:
+                return
+            try:
+                for start in range(0, layout.nbytes, step):
+                    os.posix_fadvise(fd, layout.offset + start, min(step, layout.nbytes - start), os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
     def row_reader(self, name: str) -> RowReader:
         # One copy in the stored dtype (bf16 is half a float32 copy); rows are
         # converted to float32 only as they are taken.
         file = self._file[self._check(name)]
+        layout = self.raw_layout(name)
+        if layout is not None:
+            # Read into our own array rather than through the memory map: no
+            # mapped pages in RSS and no per-page faults.
+            stored = read_raw_into(layout, np.empty(layout.shape, dtype=RAW_DTYPES[layout.dtype]))
+            if layout.dtype == "BF16":
+                stored = stored.view(ml_dtypes.bfloat16)
+            return RowReader(stored, lambda block: block, f"{file}: tensor {name!r}")
         with _open(file) as handle:
             try:
                 stored = handle.get_tensor(name)
