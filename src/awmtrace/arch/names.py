@@ -16,7 +16,7 @@ from functools import lru_cache
 import gguf
 from gguf import MODEL_ARCH, TensorNameMap
 
-__all__ = ["canonical_role", "gguf_arch", "known_gguf_archs", "ROLE_PATTERN"]
+__all__ = ["canonical_role", "gguf_arch", "gguf_role", "known_gguf_archs", "ROLE_PATTERN"]
 
 _LOCK = threading.Lock()
 
@@ -65,6 +65,22 @@ def canonical_role(name: str, arch: MODEL_ARCH, n_blocks: int) -> tuple[str, int
         return None
     canonical = hit[1]
     m = ROLE_PATTERN.match(canonical)
+    if m is None:
+        return None
+    bid = m.group("bid")
+    return m.group("role"), (int(bid) if bid is not None else None)
+
+
+def gguf_role(name: str) -> tuple[str, int | None] | None:
+    """Role of a tensor name in a GGUF file, where names are canonical already: ``blk.3.attn_qkv.weight`` -> ``("attn_qkv", 3)``.
+
+    No name map is involved, so a GGUF tensor is recognised even when gguf's
+    tables do not list it for the file's architecture (and then refused
+    with a reason, instead of looking absent).
+    """
+    if not name.endswith(".weight"):
+        return None
+    m = ROLE_PATTERN.match(name[: -len(".weight")])
     if m is None:
         return None
     bid = m.group("bid")

@@ -5,19 +5,33 @@ transpose) and its rows hold the Q, K and V blocks in one of three layouts:
 
 ``contiguous``
     ``[Q (nh*hd); K (nkv*hd); V (nkv*hd)]`` - Baichuan ``W_pack``, Qwen-1
-    ``c_attn``, GPT-2 ``c_attn`` (transposed), Phi-3 ``qkv_proj``, ChatGLM2/3
-    ``query_key_value``, MPT ``Wqkv``, and every fused tensor in GGUF files
-    (llama.cpp's converters write Q, K, V blocks in this order).
+    ``c_attn``, GPT-2 and Jais ``c_attn`` (Conv1D, transposed), Phi-3
+    ``qkv_proj``, ChatGLM2/3 ``query_key_value`` with multi-query attention,
+    MPT ``Wqkv``, OLMo-1 ``att_proj``.
 ``per_head``
-    ``(nh, 3, hd)`` - each head's q, k, v rows in turn: GPT-NeoX/Pythia, Bloom,
-    Falcon-RW, ChatGLM-6B v1.
+    ``(nh, 3, hd)`` - each head's q, k, v rows in turn: GPT-NeoX/Pythia,
+    Bloom, Falcon-RW (``multi_query`` false), ChatGLM-6B v1, ChatGLM2/3
+    without multi-query attention.
 ``kv_group``
-    ``(nkv, nh/nkv + 2, hd)`` - per KV group its q heads, then k, then v:
-    InternLM2 ``wqkv``, Falcon (new decoder architecture and multi-query).
+    ``(nkv, nh/nkv + 2, hd)`` - per KV group its q heads, then one k and one
+    v head: InternLM2 ``wqkv``, Falcon's new decoder architecture, and
+    multi-query Falcon (``nkv == 1``).
 
-With ``nkv == 1`` ``kv_group`` equals ``contiguous``. UCKA does not depend on
-the order of rows inside Q or K, but it does depend on which rows are Q and
-which K, so the layout must be right; it is never guessed from shapes.
+With ``nkv == 1`` ``kv_group`` equals ``contiguous``, and with ``nkv == nh``
+it equals ``per_head``.
+
+GGUF files are not all contiguous: each llama.cpp converter
+(``convert_hf_to_gguf.py``) decides, so the layout of a GGUF ``attn_qkv`` is
+recorded per family (``gguf_qkv_layout`` in ``architectures.toml``). Checked
+there: Falcon, GPT-NeoX and Bloom are reordered to contiguous Q, K, V blocks;
+GPT-2 and Jais are transposed back and were contiguous already; Qwen-1, MPT,
+Phi-3 and ChatGLM2/3 are written as they are (contiguous in the checkpoint);
+Baichuan and InternLM2 are split into separate ``attn_q``/``attn_k``/``attn_v``.
+A GGUF ``attn_qkv`` of a family without a recorded layout is refused.
+
+UCKA does not depend on the order of rows inside Q or K, but it does depend
+on which rows are Q and which K, so the layout must be right; it is never
+guessed from shapes.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ LAYOUTS = ("contiguous", "per_head", "kv_group")
 def infer_head_dim(rows: int, n_heads: int, n_kv_heads: int, where: str) -> int:
     """Head size from a fused tensor's row count: ``rows = (nh + 2 nkv) hd``."""
     denom = n_heads + 2 * n_kv_heads
-    if n_heads <= 0 or n_kv_heads <= 0 or rows % denom:
+    if n_heads <= 0 or n_kv_heads <= 0 or rows <= 0 or rows % denom:
         raise UnsupportedArchitecture(
             f"{where}: fused QKV has {rows} rows, which is not (n_heads + 2*n_kv_heads) * head_dim "
             f"for n_heads={n_heads}, n_kv_heads={n_kv_heads}; the head counts in the config do not fit this tensor"

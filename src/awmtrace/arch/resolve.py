@@ -1,23 +1,32 @@
-"""From a :class:`TensorSource` to a :class:`ModelView`: which tensor is the embedding, Q, K.
+"""From a :class:`TensorSource` to a :class:`ModelView`: which tensor is the embedding, Q, K (and FFN inputs).
 
 Names are resolved in this order, and every decision is recorded in the
 ``how`` of each :class:`TensorRef`:
 
 1. tensors under an ignored tower (vision, audio, projectors) are skipped;
-2. the family's own patterns in ``architectures.toml`` (fused QKV names gguf
-   does not know, Conv1D transposes, MoE experts);
-3. ``gguf.TensorNameMap`` for the family's GGUF architecture, first on the
-   name as it is, then with each wrapper prefix stripped.
+2. each name is tried as it is, then with each prefix rewrite of the family
+   and of ``[defaults]`` (``model.language_model.`` -> ``model.``, ...);
+3. for each of those spellings, the family's own patterns in
+   ``architectures.toml`` (fused QKV names gguf does not know, MoE experts,
+   fused gate/up projections) come first, then ``gguf.TensorNameMap`` for the
+   family's GGUF architecture.
 
-A block without both Q and K (separate or fused) is an error listing the
-names seen; no layer is ever dropped silently.
+The family is the one the checkpoint declares (config ``architectures`` /
+``model_type``, nested text configs first, or GGUF ``general.architecture``);
+when several families share a declaration (ChatGLM-6B and ChatGLM2/3) each is
+tried. An undeclared architecture is resolved by tensor names only when its Q
+and K are separate tensors: a fused QKV layout is never guessed.
+
+Two tensors claiming one role, a block without Q and K, or a fused tensor
+whose rows do not fit the head counts are errors naming the tensors; no layer
+is ever dropped silently.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -25,26 +34,74 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_ARCH
 
-from awmtrace.arch.names import canonical_role, gguf_arch
+from awmtrace.arch.names import canonical_role, gguf_arch, gguf_role
 from awmtrace.arch.qkv import LAYOUTS, infer_head_dim, split_qkv
-from awmtrace.errors import MissingTensor, UnsupportedArchitecture
+from awmtrace.errors import AwmError, MissingTensor, UnsupportedArchitecture
 from awmtrace.io.base import TensorSource
 from awmtrace.types import LayerRefs, ModelView, TensorRef
 
-__all__ = ["Family", "Table", "load_table", "resolve", "read_attention", "read_ffn", "config_value"]
+__all__ = [
+    "Example",
+    "Family",
+    "Pattern",
+    "Table",
+    "Variant",
+    "config_value",
+    "load_table",
+    "read_attention",
+    "read_ffn",
+    "resolve",
+]
 
-_ROLE_Q, _ROLE_K, _ROLE_QKV, _ROLE_EMBD = "attn_q", "attn_k", "attn_qkv", "token_embd"
-_FFN_ROLES = {"ffn_up": ("up", None), "ffn_gate": ("gate", None), "ffn_up_shexp": ("up", -1), "ffn_gate_shexp": ("gate", -1)}
+PATTERN_ROLES = ("token_embd", "attn_q", "attn_k", "attn_qkv", "ffn_up", "ffn_gate", "ffn_gate_up")
+GATE_UP_ORDERS = ("gate_up", "up_gate")
+
+# gguf roles of FFN input projections: role -> (weight, expert). GGUF stacks routed experts in one
+# 3-D tensor (``*_exps``), which read_ffn expands; shared experts are recorded as expert -1.
+_GGUF_FFN_ROLES: dict[str, tuple[str, int | None]] = {
+    "ffn_up": ("up", None),
+    "ffn_gate": ("gate", None),
+    "ffn_up_shexp": ("up", -1),
+    "ffn_gate_shexp": ("gate", -1),
+    "ffn_up_exps": ("up", None),
+    "ffn_gate_exps": ("gate", None),
+}
 
 
 @dataclass(frozen=True)
 class Pattern:
+    """One ``tensors`` entry of a family: a name template and what it is."""
+
     template: str
     regex: re.Pattern[str]
     role: str
     layout: str | None = None
     transposed: bool = False
-    weight: str | None = None  # "up" | "gate" for FFN/expert patterns
+    order: str | None = None  # ffn_gate_up: which half comes first
+    shared_expert: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A config-dependent QKV layout / KV head count; applies when every ``when`` key equals the config's value."""
+
+    when: dict[str, Any]
+    qkv_layout: str | None = None
+    n_kv_heads: int | str | None = None  # an integer, or "n_heads"
+    n_kv_heads_keys: tuple[str, ...] = ()
+    why: str = ""
+
+    def matches(self, config: dict[str, Any]) -> bool:
+        return all(config_value(config, [key]) == value for key, value in self.when.items())
+
+
+@dataclass(frozen=True)
+class Example:
+    """A minimal real checkpoint of a family: its config and every tensor name (``{bid}``/``{xid}`` templates)."""
+
+    id: str
+    config: dict[str, Any]
+    tensors: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -55,12 +112,25 @@ class Family:
     model_types: tuple[str, ...]
     gguf_names: tuple[str, ...]
     qkv_layout: str | None
-    gguf_qkv_layout: str
+    gguf_qkv_layout: str | None
+    hf_transposed: frozenset[str]
+    prefix_rewrites: tuple[tuple[str, str], ...]
     patterns: tuple[Pattern, ...]
+    variants: tuple[Variant, ...]
     source: str
-    example_config: dict[str, Any] = field(default_factory=dict)
-    example_tensors: tuple[str, ...] = ()
+    examples: tuple[Example, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def example_config(self) -> dict[str, Any]:
+        return self.examples[0].config if self.examples else {}
+
+    @property
+    def example_tensors(self) -> tuple[str, ...]:
+        return self.examples[0].tensors if self.examples else ()
+
+    def variant(self, config: dict[str, Any]) -> Variant | None:
+        return next((v for v in self.variants if v.matches(config)), None)
 
 
 @dataclass(frozen=True)
@@ -74,28 +144,57 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(f"^{escaped}$")
 
 
+def _bad_table(name: str, what: str) -> ValueError:
+    return ValueError(f"architectures.toml [families.{name}]: {what}")
+
+
+def _parse_pattern(name: str, p: dict[str, Any]) -> Pattern:
+    role = p.get("role")
+    if role not in PATTERN_ROLES:
+        raise _bad_table(name, f"pattern {p.get('pattern')!r} has role {role!r}; expected one of {PATTERN_ROLES}")
+    layout = p.get("layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise _bad_table(name, f"unknown layout {layout!r}")
+    order = p.get("order")
+    if (role == "ffn_gate_up") != (order in GATE_UP_ORDERS):
+        raise _bad_table(name, f"pattern {p['pattern']!r}: ffn_gate_up needs order = one of {GATE_UP_ORDERS}")
+    return Pattern(
+        template=p["pattern"],
+        regex=_compile(p["pattern"]),
+        role=role,
+        layout=layout,
+        transposed=bool(p.get("transposed", False)),
+        order=order,
+        shared_expert=bool(p.get("shared_expert", False)),
+    )
+
+
+def _parse_variant(name: str, v: dict[str, Any]) -> Variant:
+    layout = v.get("qkv_layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise _bad_table(name, f"variant has unknown qkv_layout {layout!r}")
+    nkv = v.get("n_kv_heads")
+    if nkv is not None and not (isinstance(nkv, int) or nkv == "n_heads"):
+        raise _bad_table(name, f"variant n_kv_heads must be an integer or 'n_heads', got {nkv!r}")
+    return Variant(
+        when=dict(v.get("when", {})),
+        qkv_layout=layout,
+        n_kv_heads=nkv,
+        n_kv_heads_keys=tuple(v.get("n_kv_heads_keys", ())),
+        why=v.get("why", ""),
+    )
+
+
 @lru_cache(maxsize=1)
 def load_table() -> Table:
-    """Parse ``architectures.toml`` (cached)."""
+    """Parse ``architectures.toml`` (cached); a malformed entry is a ``ValueError`` naming it."""
     text = (resources.files("awmtrace.arch") / "architectures.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
     families: dict[str, Family] = {}
     for name, entry in data.get("families", {}).items():
-        patterns = []
-        for p in entry.get("tensors", []):
-            layout = p.get("layout")
-            if layout is not None and layout not in LAYOUTS:
-                raise ValueError(f"architectures.toml [{name}]: unknown layout {layout!r}")
-            patterns.append(
-                Pattern(
-                    template=p["pattern"],
-                    regex=_compile(p["pattern"]),
-                    role=p["role"],
-                    layout=layout,
-                    transposed=bool(p.get("transposed", False)),
-                    weight=p.get("weight"),
-                )
-            )
+        for key in ("qkv_layout", "gguf_qkv_layout"):
+            if entry.get(key) is not None and entry[key] not in LAYOUTS:
+                raise _bad_table(name, f"unknown {key} {entry[key]!r}")
         families[name] = Family(
             name=name,
             gguf_arch=gguf_arch(entry["gguf_arch"]),
@@ -103,17 +202,22 @@ def load_table() -> Table:
             model_types=tuple(entry.get("model_types", ())),
             gguf_names=tuple(entry.get("gguf_names", ())),
             qkv_layout=entry.get("qkv_layout"),
-            gguf_qkv_layout=entry.get("gguf_qkv_layout", "contiguous"),
-            patterns=tuple(patterns),
+            gguf_qkv_layout=entry.get("gguf_qkv_layout"),
+            hf_transposed=frozenset(entry.get("hf_transposed", ())),
+            prefix_rewrites=tuple((str(a), str(b)) for a, b in entry.get("prefix_rewrites", ())),
+            patterns=tuple(_parse_pattern(name, p) for p in entry.get("tensors", [])),
+            variants=tuple(_parse_variant(name, v) for v in entry.get("variants", [])),
             source=entry.get("source", ""),
-            example_config=dict(entry.get("example_config", {})),
-            example_tensors=tuple(entry.get("example_tensors", ())),
+            examples=tuple(
+                Example(id=str(e["id"]), config=dict(e.get("config", {})), tensors=tuple(e.get("tensors", ())))
+                for e in entry.get("examples", [])
+            ),
             raw=entry,
         )
     return Table(defaults=data.get("defaults", {}), families=families)
 
 
-def config_value(config: dict[str, Any], keys: list[str]) -> Any:
+def config_value(config: dict[str, Any], keys: list[str] | tuple[str, ...]) -> Any:
     """First present key (dotted keys look into nested objects) or ``None``."""
     for key in keys:
         node: Any = config
@@ -129,39 +233,47 @@ def config_value(config: dict[str, Any], keys: list[str]) -> Any:
 
 def _text_config(config: dict[str, Any], table: Table) -> dict[str, Any]:
     """The language model's config: the top level, overlaid by a nested text config when present."""
-    for key in table.defaults.get("text_config_keys", []):
+    keys = table.defaults.get("text_config_keys", [])
+    for key in keys:
         inner = config.get(key)
         if isinstance(inner, dict):
-            merged = {k: v for k, v in config.items() if k not in table.defaults.get("text_config_keys", [])}
+            merged = {k: v for k, v in config.items() if k not in keys}
             merged.update(inner)
             return merged
     return config
 
 
-def _declared(source: TensorSource, config: dict[str, Any]) -> tuple[list[str], str]:
-    """Architecture names the checkpoint declares, most specific first, and a display name."""
+def _declared(source: TensorSource, table: Table) -> list[str]:
+    """Architecture names the checkpoint declares, most specific first (a nested text config before its wrapper)."""
     if source.format == "gguf":
         arch = str(source.metadata.get("general.architecture", ""))
-        return ([arch] if arch else []), (arch or "unknown")
+        return [arch] if arch else []
     names: list[str] = []
-    archs = config.get("architectures")
-    if isinstance(archs, list):
-        names.extend(str(a) for a in archs)
-    for key in ("model_type",):
-        if isinstance(config.get(key), str):
-            names.append(config[key])
-    return names, (names[0] if names else "unknown")
+    configs = [source.config.get(k) for k in table.defaults.get("text_config_keys", [])]
+    for cfg in [*(c for c in configs if isinstance(c, dict)), source.config]:
+        archs = cfg.get("architectures")
+        if isinstance(archs, list):
+            names.extend(str(a) for a in archs)
+        if isinstance(cfg.get("model_type"), str):
+            names.append(cfg["model_type"])
+    return list(dict.fromkeys(names))
 
 
-def _select_family(source: TensorSource, declared: list[str], table: Table) -> tuple[Family | None, str]:
+def _declared_families(source: TensorSource, declared: list[str], table: Table) -> list[tuple[Family, str]]:
+    out: dict[str, tuple[Family, str]] = {}
     for name in declared:
         for fam in table.families.values():
+            if fam.name in out:
+                continue
             if source.format == "gguf":
                 if name in fam.gguf_names:
-                    return fam, f"GGUF general.architecture={name!r}"
+                    out[fam.name] = (fam, f"GGUF general.architecture={name!r}")
             elif name in fam.architectures or name in fam.model_types:
-                return fam, f"config declares {name!r}"
-    return None, ""
+                out[fam.name] = (fam, f"config declares {name!r}")
+    return list(out.values())
+
+
+_BLOCK_NUMBER = re.compile(r"(?:^|\.)(\d+)\.")
 
 
 def _n_blocks_hint(names: list[str]) -> int:
@@ -170,133 +282,239 @@ def _n_blocks_hint(names: list[str]) -> int:
 
 
 @dataclass
+class _Fused:
+    name: str
+    layout: str
+    transposed: bool
+    how: str
+
+
+@dataclass
 class _Found:
+    """What classifying every name against one family found."""
+
     embedding: TensorRef | None = None
     q: dict[int, TensorRef] = field(default_factory=dict)
     k: dict[int, TensorRef] = field(default_factory=dict)
-    qkv: dict[int, tuple[str, str, bool, str]] = field(default_factory=dict)  # bid -> (name, layout, transposed, how)
+    qkv: dict[int, _Fused] = field(default_factory=dict)
     ffn: dict[int, dict[str, list[TensorRef]]] = field(default_factory=dict)
     by_block: dict[int, list[str]] = field(default_factory=dict)
+    claims: dict[tuple[Any, ...], str] = field(default_factory=dict)
     ignored: int = 0
-    unknown: list[str] = field(default_factory=list)
+    recognised: int = 0
+    problems: list[AwmError] = field(default_factory=list)
+
+    def claim(self, key: tuple[Any, ...], name: str, where: str) -> bool:
+        """Record that ``name`` has role ``key``; a second tensor with the same role is a problem."""
+        other = self.claims.setdefault(key, name)
+        if other != name:
+            self.problems.append(
+                UnsupportedArchitecture(
+                    f"{where}: tensors {other!r} and {name!r} both look like {_describe(key)}; "
+                    "refusing to pick one (is a vision/audio tower missing from ignore_prefixes in architectures.toml?)"
+                )
+            )
+            return False
+        return True
 
 
-def _classify(source: TensorSource, fam: Family, table: Table) -> _Found:
+def _describe(key: tuple[Any, ...]) -> str:
+    if key[0] == "token_embd":
+        return "the token embedding"
+    if key[0] == "ffn":
+        _, weight, bid, expert = key
+        return f"the FFN {weight} projection of layer {bid}" + (f" (expert {expert})" if expert is not None else "")
+    return f"{key[0]} of layer {key[1]}"
+
+
+def _rewrites(fam: Family, table: Table) -> list[tuple[str, str]]:
+    return [*fam.prefix_rewrites, *((str(a), str(b)) for a, b in table.defaults.get("prefix_rewrites", []))]
+
+
+def _spellings(name: str, rewrites: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = [(name, "")]
+    for src, dst in rewrites:
+        if name.startswith(src):
+            out.append((dst + name[len(src) :], f", prefix {src!r} read as {dst!r}"))
+    return out
+
+
+def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant | None) -> _Found:
     names = source.names()
     found = _Found()
+    where = str(source.path)
     n_blocks = _n_blocks_hint(names)
     ignore = tuple(table.defaults.get("ignore_prefixes", []))
-    strips = sorted(table.defaults.get("strip_prefixes", []), key=len, reverse=True)
+    rewrites = _rewrites(fam, table)
     is_gguf = source.format == "gguf"
+    hf_layout = (variant.qkv_layout if variant is not None else None) or fam.qkv_layout
     for name in names:
         if name.startswith(ignore):
             found.ignored += 1
             continue
-        candidates = [(name, "")] + [(name[len(p) :], p) for p in strips if name.startswith(p)]
-        hit = None
-        for cand, prefix in candidates:
+        hit: tuple[str, Any, Any, str] | None = None
+        for cand, rewritten in _spellings(name, rewrites):
             for pat in fam.patterns:
                 m = pat.regex.match(cand)
                 if m:
-                    hit = ("pattern", pat, m, prefix)
+                    hit = ("pattern", pat, m, rewritten)
                     break
-            if hit:
-                break
-            role = canonical_role(cand, fam.gguf_arch, n_blocks)
-            if role is not None:
-                hit = ("gguf", role, None, prefix)
+            if hit is None:
+                role = gguf_role(cand) if is_gguf else canonical_role(cand, fam.gguf_arch, n_blocks)
+                if role is not None:
+                    hit = ("gguf", role, None, rewritten)
+            if hit is not None:
                 break
         if hit is None:
-            found.unknown.append(name)
+            m_bid = _BLOCK_NUMBER.search(name)
+            if m_bid is not None:
+                found.by_block.setdefault(int(m_bid.group(1)), []).append(name)
             continue
-        kind, what, m, prefix = hit
-        stripped = f", prefix {prefix!r} stripped" if prefix else ""
+        kind, what, m, rewritten = hit
+        xid: int | None = None
+        order: str | None = None
+        shared = False
         if kind == "pattern":
             pat = what
-            bid = int(m.group("bid")) if "bid" in m.groupdict() else None
-            xid = int(m.group("xid")) if "xid" in m.groupdict() else None
-            how = f"architectures.toml [{fam.name}] {pat.template}{stripped}"
-            role, layout, transposed, weight = pat.role, pat.layout, pat.transposed, pat.weight
+            groups = m.groupdict()
+            bid = int(groups["bid"]) if groups.get("bid") is not None else None
+            xid = int(groups["xid"]) if groups.get("xid") is not None else None
+            how = f"architectures.toml [{fam.name}] {pat.template}{rewritten}"
+            role, layout, transposed, order, shared = pat.role, pat.layout, pat.transposed, pat.order, pat.shared_expert
         else:
             role, bid = what
-            xid = None
-            how = f"gguf TensorNameMap({fam.gguf_arch.name}){stripped}"
-            layout = fam.gguf_qkv_layout if is_gguf else fam.qkv_layout
-            transposed, weight = False, None
+            how = "GGUF canonical name" if is_gguf else f"gguf TensorNameMap({fam.gguf_arch.name}){rewritten}"
+            layout = None
+            transposed = (not is_gguf) and role in fam.hf_transposed
         if bid is not None:
             found.by_block.setdefault(bid, []).append(name)
-        if role == _ROLE_EMBD and bid is None:
-            if found.embedding is None:
+        if role == "token_embd" and bid is None:
+            found.recognised += 1
+            if found.claim(("token_embd",), name, where):
                 found.embedding = TensorRef(name=name, role="token_embd", how=how)
-        elif role == _ROLE_Q and bid is not None:
-            found.q.setdefault(bid, TensorRef(name=name, role=f"blk.{bid}.attn_q", how=how, transposed=transposed))
-        elif role == _ROLE_K and bid is not None:
-            found.k.setdefault(bid, TensorRef(name=name, role=f"blk.{bid}.attn_k", how=how, transposed=transposed))
-        elif role == _ROLE_QKV and bid is not None:
+        elif role in ("attn_q", "attn_k") and bid is not None:
+            found.recognised += 1
+            if found.claim((role, bid), name, where):
+                ref = TensorRef(name=name, role=f"blk.{bid}.{role}", how=how, transposed=transposed)
+                (found.q if role == "attn_q" else found.k)[bid] = ref
+        elif role == "attn_qkv" and bid is not None:
+            found.recognised += 1
             if layout is None:
-                raise UnsupportedArchitecture(
-                    f"{source.path}: fused QKV tensor {name!r} of family {fam.name!r} has no known layout in "
-                    "architectures.toml; refusing to guess how Q, K and V are packed"
+                layout = fam.gguf_qkv_layout if is_gguf else hf_layout
+            if layout is None:
+                fmt = "GGUF files" if is_gguf else "Hugging Face checkpoints"
+                found.problems.append(
+                    UnsupportedArchitecture(
+                        f"{where}: fused QKV tensor {name!r}: architectures.toml gives no QKV layout for "
+                        f"{fmt} of family {fam.name!r}; refusing to guess how Q, K and V are packed"
+                    )
                 )
-            found.qkv.setdefault(bid, (name, layout, transposed, how))
-        elif bid is not None and (weight is not None or role in _FFN_ROLES):
-            w, expert = (weight, xid) if weight is not None else _FFN_ROLES[role]
-            ref = TensorRef(name=name, role=f"blk.{bid}.ffn_{w}", how=how, transposed=transposed, expert=expert)
-            found.ffn.setdefault(bid, {}).setdefault(w, []).append(ref)
+            elif found.claim(("attn_qkv", bid), name, where):
+                found.qkv[bid] = _Fused(name, layout, transposed, how)
+        elif bid is not None and (role == "ffn_gate_up" or role in ("ffn_up", "ffn_gate") or role in _GGUF_FFN_ROLES):
+            found.recognised += 1
+            if role in _GGUF_FFN_ROLES and kind == "gguf":
+                weight, expert = _GGUF_FFN_ROLES[role]
+            else:
+                weight, expert = role.removeprefix("ffn_"), (-1 if shared else xid)
+            parts = ("gate", "up") if weight == "gate_up" else (weight,)
+            for part in parts:
+                stacked = "exps" if role.endswith("_exps") else expert
+                if not found.claim(("ffn", part, bid, stacked), name, where):
+                    continue
+                ref = TensorRef(
+                    name=name,
+                    role=f"blk.{bid}.ffn_{part}",
+                    how=how,
+                    part=part if weight == "gate_up" else None,
+                    layout=order if weight == "gate_up" else None,
+                    transposed=transposed,
+                    expert=expert,
+                )
+                found.ffn.setdefault(bid, {}).setdefault(part, []).append(ref)
     return found
 
 
-def _heads(source: TensorSource, config: dict[str, Any], table: Table) -> tuple[int | None, int | None, int | None]:
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, list):  # some GGUF files store per-layer head counts
+        v = v[0] if v else None
+    if isinstance(v, bool):
+        return None
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class _Heads:
+    n_heads: int | None
+    n_kv_heads: int | None
+    head_dim: int | None
+    kv_explicit: bool  # the KV head count was stated (config key, variant or GGUF metadata), not defaulted
+
+
+def _heads(source: TensorSource, config: dict[str, Any], table: Table, variant: Variant | None) -> _Heads:
     d = table.defaults
     if source.format == "gguf":
         arch = source.metadata.get("general.architecture", "")
-        nh = source.metadata.get(f"{arch}.attention.head_count")
-        nkv = source.metadata.get(f"{arch}.attention.head_count_kv", nh)
-        hd = source.metadata.get(f"{arch}.attention.key_length")
+        nh = _as_int(source.metadata.get(f"{arch}.attention.head_count"))
+        nkv_meta = _as_int(source.metadata.get(f"{arch}.attention.head_count_kv"))
+        hd = _as_int(source.metadata.get(f"{arch}.attention.key_length"))
+        return _Heads(nh, nkv_meta if nkv_meta is not None else nh, hd, nkv_meta is not None)
+    nh = _as_int(config_value(config, d.get("n_heads_keys", [])))
+    hd = _as_int(config_value(config, d.get("head_dim_keys", [])))
+    nkv: int | None = None
+    explicit = True
+    if variant is not None and variant.n_kv_heads is not None:
+        nkv = nh if variant.n_kv_heads == "n_heads" else int(variant.n_kv_heads)
     else:
-        nh = config_value(config, d.get("n_heads_keys", []))
-        nkv = config_value(config, d.get("n_kv_heads_keys", []))
-        if config.get("multi_query_attention") and config.get("multi_query_group_num"):
-            nkv = config["multi_query_group_num"]  # ChatGLM2/3
-        if nkv is None and config.get("multi_query") is True:
-            nkv = 1  # Falcon-7B style multi-query
+        keys = list(variant.n_kv_heads_keys) if variant is not None and variant.n_kv_heads_keys else d.get("n_kv_heads_keys", [])
+        nkv = _as_int(config_value(config, keys))
         if nkv is None:
-            nkv = nh
-        hd = config_value(config, d.get("head_dim_keys", []))
+            nkv, explicit = nh, False
+    return _Heads(nh, nkv, hd, explicit)
 
-    def as_int(v: Any) -> int | None:
-        if isinstance(v, list):  # some GGUF files store per-layer head counts
-            v = v[0] if v else None
-        try:
-            return int(v) if v is not None else None
-        except (TypeError, ValueError):
-            return None
 
-    return as_int(nh), as_int(nkv), as_int(hd)
+def _rows(source: TensorSource, name: str, transposed: bool) -> int:
+    shape = source.shape(name)
+    return int(shape[1] if transposed else shape[0]) if len(shape) == 2 else -1
 
 
 def resolve(source: TensorSource) -> ModelView:
     """Work out what every needed tensor of ``source`` is; raise with the names seen if it cannot."""
     table = load_table()
     config = _text_config(source.config, table)
-    declared, display = _declared(source, config)
-    fam, why = _select_family(source, declared, table)
-    notes: list[str] = []
-    candidates = [fam] if fam is not None else list(table.families.values())
-    last_error: Exception | None = None
-    for cand in candidates:
+    declared = _declared(source, table)
+    display = declared[0] if declared else "unknown"
+    candidates = _declared_families(source, declared, table)
+    if candidates:
+        attempts: list[tuple[int, AwmError]] = []
+        for fam, why in candidates:
+            try:
+                return _build(source, fam, config, display, why, table)
+            except (MissingTensor, UnsupportedArchitecture) as exc:
+                attempts.append((getattr(exc, "recognised", 0), exc))
+        # The family that recognised most of the checkpoint explains its failure best.
+        raise max(attempts, key=lambda a: a[0])[1]
+    fused_fit: list[str] = []
+    for fam in table.families.values():
         try:
-            view = _build(source, cand, config, display, why, table, notes if fam is not None else [])
-        except (MissingTensor, UnsupportedArchitecture) as exc:
-            last_error = exc
+            view = _build(source, fam, config, display, "", table)
+        except (MissingTensor, UnsupportedArchitecture):
             continue
-        if fam is None:
-            view = _with_note(view, f"architecture {display!r} is not in the table; tensor names matched family {cand.name!r}")
-        return view
+        if any(layer.q.part is not None for layer in view.layers):
+            fused_fit.append(f"{fam.name} ({view.layers[0].q.name})")
+            continue
+        return _with_note(view, f"architecture {display!r} is not in the table; its tensor names match family {fam.name!r}")
     names = source.names()
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    if fam is not None and last_error is not None:
-        raise last_error
+    if fused_fit:
+        raise UnsupportedArchitecture(
+            f"{source.path}: architecture {display!r} is not in architectures.toml and its attention is a fused "
+            f"QKV tensor whose names fit {', '.join(fused_fit)}; the packing of Q, K and V cannot be known from "
+            "names and shapes. Declare the architecture (config.json 'architectures' / 'model_type') or add a family"
+        )
     raise UnsupportedArchitecture(
         f"{source.path}: unknown architecture {display!r}: no entry of architectures.toml resolves its "
         f"embedding and per-layer Q/K tensors. Tensors seen: {shown}"
@@ -304,63 +522,91 @@ def resolve(source: TensorSource) -> ModelView:
 
 
 def _with_note(view: ModelView, note: str) -> ModelView:
-    from dataclasses import replace
-
     return replace(view, notes=(*view.notes, note))
 
 
-def _build(
-    source: TensorSource,
-    fam: Family,
-    config: dict[str, Any],
-    display: str,
-    why: str,
-    table: Table,
-    notes: list[str],
-) -> ModelView:
-    found = _classify(source, fam, table)
+def _expert_order(ref: TensorRef) -> tuple[bool, int]:
+    """Dense FFN first, then shared (-1) and routed experts by number."""
+    return (ref.expert is not None, ref.expert if ref.expert is not None else 0)
+
+
+def _fail(exc: AwmError, found: _Found) -> AwmError:
+    exc.recognised = found.recognised  # type: ignore[attr-defined]
+    return exc
+
+
+def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:
+    where = str(source.path)
+    variant = fam.variant(config) if source.format != "gguf" else None
+    found = _classify(source, fam, table, variant)
+    if found.problems:
+        raise _fail(found.problems[0], found)
     if found.embedding is None:
-        raise MissingTensor(
-            f"{source.path}: no token embedding found for family {fam.name!r} "
-            f"(expected e.g. {fam.example_tensors[0] if fam.example_tensors else 'token_embd.weight'})"
-        )
+        expected = fam.example_tensors[0] if fam.example_tensors else "token_embd.weight"
+        raise _fail(MissingTensor(f"{where}: no token embedding found for family {fam.name!r} (expected e.g. {expected})"), found)
     emb_shape = source.shape(found.embedding.name)
     if len(emb_shape) != 2:
-        raise MissingTensor(f"{source.path}: token embedding {found.embedding.name!r} has shape {emb_shape}, expected 2-D")
+        raise _fail(
+            MissingTensor(f"{where}: token embedding {found.embedding.name!r} has shape {emb_shape}, expected 2-D"), found
+        )
     vocab_rows, hidden = emb_shape
     blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
     n_layers_cfg = config_value(config, table.defaults.get("n_layers_keys", []))
     if source.format == "gguf":
         n_layers_cfg = source.metadata.get(f"{source.metadata.get('general.architecture', '')}.block_count", n_layers_cfg)
+    n_layers_cfg = _as_int(n_layers_cfg)
     if not blocks:
-        raise MissingTensor(f"{source.path}: no attention Q/K tensors found for family {fam.name!r}")
+        held = found.by_block.get(min(found.by_block), []) if found.by_block else []
+        raise _fail(
+            MissingTensor(
+                f"{where}: no attention Q/K tensors found for family {fam.name!r}"
+                + (f"; the first layer holds: {', '.join(held)}" if held else "")
+            ),
+            found,
+        )
     n_layers = max(blocks) + 1
-    if isinstance(n_layers_cfg, int) and n_layers_cfg > n_layers:
+    if n_layers_cfg is not None and n_layers_cfg > n_layers:
         n_layers = n_layers_cfg
-    nh, nkv, hd = _heads(source, config, table)
+    heads = _heads(source, config, table, variant)
+    nh, nkv, hd = heads.n_heads, heads.n_kv_heads, heads.head_dim
+    notes: list[str] = []
     layers: list[LayerRefs] = []
     for bid in range(n_layers):
         if bid in found.q and bid in found.k:
             q, k = found.q[bid], found.k[bid]
-        elif bid in found.qkv:
-            name, layout, transposed, how = found.qkv[bid]
+        elif bid in found.qkv and not (bid in found.q or bid in found.k):
+            fused = found.qkv[bid]
             if nh is None or nkv is None:
-                raise UnsupportedArchitecture(
-                    f"{source.path}: fused QKV tensor {name!r} needs the head counts, but the config gives none "
-                    f"(looked for {', '.join(table.defaults.get('n_heads_keys', []))})"
+                keys = ", ".join(table.defaults.get("n_heads_keys", []))
+                raise _fail(
+                    UnsupportedArchitecture(
+                        f"{where}: fused QKV tensor {fused.name!r} can only be cut with the head counts, but "
+                        f"the {'GGUF metadata' if source.format == 'gguf' else 'config'} gives none "
+                        f"(looked for {keys}); add them to config.json"
+                    ),
+                    found,
                 )
-            shape = source.shape(name)
-            rows = shape[1] if transposed else shape[0]
-            head_dim = infer_head_dim(rows, nh, nkv, f"{source.path}: {name}")
-            if hd is None:
-                hd = head_dim
-            q = TensorRef(name=name, role=f"blk.{bid}.attn_q", how=how, part="q", layout=layout, transposed=transposed)
-            k = TensorRef(name=name, role=f"blk.{bid}.attn_k", how=how, part="k", layout=layout, transposed=transposed)
+            rows = _rows(source, fused.name, fused.transposed)
+            fused_hd = infer_head_dim(rows, nh, nkv, f"{where}: {fused.name}")
+            if hd is not None and hd != fused_hd:
+                raise _fail(
+                    UnsupportedArchitecture(
+                        f"{where}: fused QKV tensor {fused.name!r} has {rows} rows = (n_heads {nh} + 2 * n_kv_heads "
+                        f"{nkv}) * {fused_hd}, but the config says head_dim {hd}; the head counts do not fit"
+                    ),
+                    found,
+                )
+            hd = fused_hd
+            q = TensorRef(fused.name, f"blk.{bid}.attn_q", fused.how, part="q", layout=fused.layout, transposed=fused.transposed)
+            k = TensorRef(fused.name, f"blk.{bid}.attn_k", fused.how, part="k", layout=fused.layout, transposed=fused.transposed)
         else:
             seen = found.by_block.get(bid, [])
-            raise MissingTensor(
-                f"{source.path}: layer {bid} has no attention Q and K (separate or fused) for family "
-                f"{fam.name!r}; its tensors: {', '.join(seen) if seen else 'none'}"
+            raise _fail(
+                MissingTensor(
+                    f"{where}: layer {bid} has no attention Q and K (separate or fused) for family "
+                    f"{fam.name!r}; its tensors: {', '.join(seen) if seen else 'none'}"
+                ),
+                found,
             )
         ffn = found.ffn.get(bid, {})
         layers.append(
@@ -368,29 +614,50 @@ def _build(
                 index=bid,
                 q=q,
                 k=k,
-                up=tuple(sorted(ffn.get("up", []), key=lambda r: (r.expert is not None, r.expert or 0))),
-                gate=tuple(sorted(ffn.get("gate", []), key=lambda r: (r.expert is not None, r.expert or 0))),
+                up=tuple(sorted(ffn.get("up", []), key=_expert_order)),
+                gate=tuple(sorted(ffn.get("gate", []), key=_expert_order)),
             )
         )
     for layer in layers:
         for ref in (layer.q, layer.k):
             shape = source.shape(ref.name)
-            d_in = shape[0] if ref.transposed else (shape[1] if len(shape) == 2 else -1)
+            d_in = (shape[0] if ref.transposed else shape[1]) if len(shape) == 2 else -1
             if d_in != hidden:
-                raise UnsupportedArchitecture(
-                    f"{source.path}: {ref.name} has input size {d_in}, but the embedding's hidden size is {hidden}"
+                raise _fail(
+                    UnsupportedArchitecture(
+                        f"{where}: {ref.name} has shape {tuple(shape)}{' (Conv1D, transposed)' if ref.transposed else ''}; "
+                        f"its input size is not the embedding's hidden size {hidden}"
+                    ),
+                    found,
                 )
+    first = layers[0]
+    if first.q.part is None and nh:
+        # Separate Q and K: the head size and the KV head count follow from the shapes.
+        q_rows, k_rows = _rows(source, first.q.name, first.q.transposed), _rows(source, first.k.name, first.k.transposed)
+        if hd is None and q_rows % nh == 0:
+            hd = q_rows // nh
+        if hd and k_rows % hd == 0:
+            shape_kv = k_rows // hd
+            if heads.kv_explicit and nkv is not None and nkv != shape_kv:
+                notes.append(
+                    f"the config gives {nkv} KV heads, but {first.k.name} has {k_rows} rows = {shape_kv} heads of "
+                    f"{hd}; using {shape_kv}"
+                )
+            nkv = shape_kv
     if hd is None and nh:
         hd = hidden // nh
-    all_notes = list(notes)
+    all_notes: list[str] = []
     if why:
-        all_notes.insert(0, f"family {fam.name!r} selected because the {why}")
+        all_notes.append(f"family {fam.name!r} selected because the {why}")
+    if variant is not None and variant.why and any(layer.q.part is not None for layer in layers):
+        all_notes.append(f"{fam.name}: {variant.why}")
+    all_notes.extend(notes)
     if found.ignored:
         all_notes.append(f"{found.ignored} tensor(s) of vision/audio towers or projectors ignored")
-    if isinstance(n_layers_cfg, int) and n_layers_cfg != n_layers:
+    if n_layers_cfg is not None and n_layers_cfg != n_layers:
         all_notes.append(f"config says {n_layers_cfg} layers, the checkpoint has {n_layers}")
     return ModelView(
-        path=str(source.path),
+        path=where,
         format=source.format,
         architecture=display,
         family=fam.name,
@@ -414,32 +681,46 @@ def _matrix(source: TensorSource, view: ModelView, ref: TensorRef, cache: dict[s
         w = w.T
     if ref.part is None:
         return np.ascontiguousarray(w)
-    assert view.n_heads is not None and view.n_kv_heads is not None and ref.layout is not None
-    rows = w.shape[0]
-    head_dim = infer_head_dim(rows, view.n_heads, view.n_kv_heads, ref.name)
+    if view.n_heads is None or view.n_kv_heads is None or ref.layout is None:
+        raise UnsupportedArchitecture(f"{source.path}: {ref.name}: cutting a fused QKV tensor needs head counts and a layout")
+    head_dim = infer_head_dim(w.shape[0], view.n_heads, view.n_kv_heads, f"{source.path}: {ref.name}")
     return split_qkv(w, ref.layout, ref.part, view.n_heads, view.n_kv_heads, head_dim, f"{source.path}: {ref.name}")
 
 
 def read_attention(source: TensorSource, view: ModelView, layer: LayerRefs) -> tuple[np.ndarray, np.ndarray]:
     """Q and K of one layer as float32 ``(d_out, hidden)`` matrices (fused QKV is read once and cut)."""
-    cache: dict[str, np.ndarray] = {}
-    names = {layer.q.name, layer.k.name}
-    cache.update(source.read_many(sorted(names)))
+    cache: dict[str, np.ndarray] = dict(source.read_many(sorted({layer.q.name, layer.k.name})))
     q = _matrix(source, view, layer.q, cache)
     k = _matrix(source, view, layer.k, cache)
     return q, k
 
 
+def _half(w: np.ndarray, ref: TensorRef, where: str) -> np.ndarray:
+    """The ``ref.part`` half of a fused gate/up weight ``(2 * d_ff, hidden)`` -> ``(d_ff, hidden)``."""
+    rows = w.shape[0]
+    if rows % 2:
+        raise UnsupportedArchitecture(f"{where}: fused gate/up tensor {ref.name!r} has an odd number of rows ({rows})")
+    first = ref.layout.split("_")[0] if ref.layout else "gate"
+    block = w[: rows // 2] if ref.part == first else w[rows // 2 :]
+    return np.ascontiguousarray(block)
+
+
 def read_ffn(source: TensorSource, view: ModelView, layer: LayerRefs, weight: str) -> list[tuple[int | None, np.ndarray]]:
-    """FFN input projections of one layer: ``[(expert, (d_ff, hidden))]``, one entry for a dense FFN."""
+    """FFN input projections of one layer: ``[(expert, (d_ff, hidden))]``, one entry for a dense FFN.
+
+    Stacked GGUF experts ``(n_expert, d_ff, hidden)`` are expanded; fused
+    gate/up tensors are cut in halves in the family's order.
+    """
     refs = layer.up if weight == "up" else layer.gate
     out: list[tuple[int | None, np.ndarray]] = []
     for ref in refs:
         w = source.read(ref.name)
         if ref.transposed:
-            w = np.ascontiguousarray(w.T)
-        if w.ndim == 3:  # GGUF stacks experts: (n_expert, d_ff, hidden)
+            w = w.T
+        if w.ndim == 3:
             out.extend((i, np.ascontiguousarray(w[i])) for i in range(w.shape[0]))
+        elif ref.part is not None:
+            out.append((ref.expert, _half(w, ref, str(source.path))))
         else:
-            out.append((ref.expert, w))
+            out.append((ref.expert, np.ascontiguousarray(w)))
     return out
