@@ -22,7 +22,7 @@ from gguf import MODEL_ARCH, TensorNameMap
 from safetensors.numpy import save_file
 
 from awmtrace.arch import names as arch_names
-from awmtrace.arch.names import canonical_role, gguf_arch
+from awmtrace.arch.names import canonical_role, gguf_arch, gguf_role
 from awmtrace.arch.resolve import load_table, read_attention, read_ffn, resolve
 from awmtrace.errors import MissingTensor, UnsupportedArchitecture
 from awmtrace.io import open_source
@@ -59,6 +59,29 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "llava-1.5-hf (transformers >= 4.52 names)": llama_like(
         "model.language_model.", "llama", "model.language_model.embed_tokens.weight", 4, 4, 16
     ),
+    "video-llava-7b-hf": llama_like(
+        "language_model.model.", "llama", "language_model.model.embed_tokens.weight", 4, 4, 16
+    ),
+    "llava-v1.5 (original LLaVA code)": llama_like("model.", "llama", "model.embed_tokens.weight", 4, 4, 16),
+    "llama-moe-v1": llama_like(
+        "model.",
+        "llama_moe",
+        "model.embed_tokens.weight",
+        4,
+        4,
+        16,
+        up=["model.layers.{bid}.mlp.calculator.experts.weight_up.{xid}"],
+        gate=["model.layers.{bid}.mlp.calculator.experts.weight_gate.{xid}"],
+    ),
+    "qwen2-audio": llama_like("language_model.model.", "qwen2", "language_model.model.embed_tokens.weight", 4, 4, 16),
+    "qwen-vl": {
+        "family": "qwen",
+        "embedding": "transformer.wte.weight",
+        "qkv": ("transformer.h.{bid}.attn.c_attn.weight", "contiguous", False),
+        "heads": (4, 4, 16),
+        "up": ["transformer.h.{bid}.mlp.w1.weight"],
+        "gate": ["transformer.h.{bid}.mlp.w2.weight"],
+    },
     "mistral": llama_like("model.", "mistral", "model.embed_tokens.weight", 4, 1, 16),
     "mixtral": llama_like(
         "model.",
@@ -90,7 +113,10 @@ EXPECTED: dict[str, dict[str, Any]] = {
         4,
         4,
         16,
-        up=["model.layers.{bid}.mlp.experts.{xid}.up_proj.weight", "model.layers.{bid}.mlp.shared_expert.up_proj.weight"],
+        up=[
+            "model.layers.{bid}.mlp.experts.{xid}.up_proj.weight",
+            "model.layers.{bid}.mlp.shared_expert.up_proj.weight",
+        ],
         gate=[
             "model.layers.{bid}.mlp.experts.{xid}.gate_proj.weight",
             "model.layers.{bid}.mlp.shared_expert.gate_proj.weight",
@@ -385,7 +411,12 @@ def test_example_resolves_and_reads_planted_weights(family: str, example: Any, t
             if "qkv" in exp:
                 name, layout, transposed = exp["qkv"]
                 for ref, part in ((layer.q, "q"), (layer.k, "k")):
-                    assert (ref.name, ref.part, ref.layout, ref.transposed) == (name.format(bid=bid), part, layout, transposed)
+                    assert (ref.name, ref.part, ref.layout, ref.transposed) == (
+                        name.format(bid=bid),
+                        part,
+                        layout,
+                        transposed,
+                    )
             else:
                 assert (layer.q.name, layer.k.name) == (exp["q"].format(bid=bid), exp["k"].format(bid=bid))
             q, k = read_attention(source, view, layer)
@@ -397,14 +428,22 @@ def test_example_resolves_and_reads_planted_weights(family: str, example: Any, t
                 assert sorted(want, key=str) == sorted((e for e, _ in got), key=str), f"layer {bid} {weight}"
                 for expert, matrix in got:
                     np.testing.assert_array_equal(matrix, want[expert])
-        towers = [n for n in source.names() if n.startswith(("vision_tower.", "model.vision_tower.", "visual.", "model.visual."))]
+        tower_prefixes = tuple(load_table().defaults["ignore_prefixes"])
+        towers = [n for n in source.names() if n.startswith(tower_prefixes)]
         if towers:
-            assert any("towers or projectors ignored" in note for note in view.notes)
+            assert any(note.startswith(f"{len(towers)} tensor(s) of vision/audio towers") for note in view.notes)
 
 
 @pytest.mark.parametrize(
     "example_id",
-    ["llama", "falcon-40b (new decoder architecture)", "gpt2 (openai-community names)", "chatglm3-6b", "pythia", "internlm2"],
+    [
+        "llama",
+        "falcon-40b (new decoder architecture)",
+        "gpt2 (openai-community names)",
+        "chatglm3-6b",
+        "pythia",
+        "internlm2",
+    ],
 )
 def test_a_checkpoint_compared_with_itself_scores_one(example_id: str, tmp_path: Path) -> None:
     from awmtrace.pipeline import compare_models, open_model
@@ -423,7 +462,9 @@ def test_a_checkpoint_compared_with_itself_scores_one(example_id: str, tmp_path:
 def write_hf(folder: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(folder / "model.safetensors")
+    )
     return folder
 
 
@@ -438,7 +479,12 @@ def llama_tensors(n_layers: int = 2, nh: int = 4, nkv: int = 2, hd: int = 16) ->
     return out
 
 
-LLAMA_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2}
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def resolve_dir(folder: Path):  # noqa: ANN201
@@ -447,13 +493,21 @@ def resolve_dir(folder: Path):  # noqa: ANN201
 
 
 def test_unrecognisable_names_list_the_tensors_seen(tmp_path: Path) -> None:
-    folder = write_hf(tmp_path / "m", {"architectures": ["AlienForCausalLM"]}, {"blob.alpha": np.zeros((4, 4)), "blob.beta": np.zeros(4)})
-    with pytest.raises(UnsupportedArchitecture, match=r"unknown architecture 'AlienForCausalLM'.*blob\.alpha, blob\.beta"):
+    folder = write_hf(
+        tmp_path / "m",
+        {"architectures": ["AlienForCausalLM"]},
+        {"blob.alpha": np.zeros((4, 4)), "blob.beta": np.zeros(4)},
+    )
+    with pytest.raises(
+        UnsupportedArchitecture, match=r"unknown architecture 'AlienForCausalLM'.*blob\.alpha, blob\.beta"
+    ):
         resolve_dir(folder)
 
 
 def test_undeclared_architecture_with_separate_qk_resolves_by_names(tmp_path: Path) -> None:
-    folder = write_hf(tmp_path / "m", {"architectures": ["SomeNewForCausalLM"], "num_attention_heads": 4}, llama_tensors())
+    folder = write_hf(
+        tmp_path / "m", {"architectures": ["SomeNewForCausalLM"], "num_attention_heads": 4}, llama_tensors()
+    )
     view = resolve_dir(folder)
     assert view.family == "llama" and view.n_kv_heads == 2
     assert any("not in the table" in note for note in view.notes)
@@ -495,7 +549,9 @@ def test_fused_qkv_rows_that_do_not_fit_the_heads_are_refused(tmp_path: Path) ->
 def test_a_missing_q_names_the_layer_and_its_tensors(tmp_path: Path) -> None:
     tensors = llama_tensors()
     del tensors["model.layers.1.self_attn.q_proj.weight"]
-    with pytest.raises(MissingTensor, match=r"layer 1 has no attention Q and K.*model\.layers\.1\.self_attn\.k_proj\.weight"):
+    with pytest.raises(
+        MissingTensor, match=r"layer 1 has no attention Q and K.*model\.layers\.1\.self_attn\.k_proj\.weight"
+    ):
         resolve_dir(write_hf(tmp_path / "m", LLAMA_CONFIG, tensors))
 
 
@@ -531,7 +587,11 @@ def test_tied_embeddings_biases_and_extra_tensors_are_not_needed(tmp_path: Path)
 def test_chatglm_without_multi_query_reads_per_head(tmp_path: Path) -> None:
     example = next(ex for _, ex in EXAMPLES if ex.id == "chatglm3-6b")
     config = {k: v for k, v in example.config.items() if k not in ("multi_query_attention", "multi_query_group_num")}
-    expected = {**EXPECTED["chatglm3-6b"], "qkv": (EXPECTED["chatglm3-6b"]["qkv"][0], "per_head", False), "heads": (4, 4, 16)}
+    expected = {
+        **EXPECTED["chatglm3-6b"],
+        "qkv": (EXPECTED["chatglm3-6b"]["qkv"][0], "per_head", False),
+        "heads": (4, 4, 16),
+    }
     planted = Planted(type(example)(example.id, config, example.tensors), expected, tmp_path / "m")
     with open_source(planted.folder) as source:
         view = resolve(source)
@@ -543,7 +603,10 @@ def test_chatglm_without_multi_query_reads_per_head(tmp_path: Path) -> None:
 
 def test_mpt_multi_query_and_grouped_query_variants(tmp_path: Path) -> None:
     example = next(ex for _, ex in EXAMPLES if ex.id == "mpt-7b")
-    for attn, nkv in (({"attn_type": "multiquery_attention"}, 1), ({"attn_type": "grouped_query_attention", "kv_n_heads": 2}, 2)):
+    for attn, nkv in (
+        ({"attn_type": "multiquery_attention"}, 1),
+        ({"attn_type": "grouped_query_attention", "kv_n_heads": 2}, 2),
+    ):
         config = {**example.config, "attn_config": attn}
         expected = {**EXPECTED["mpt-7b"], "heads": (4, nkv, 16)}
         planted = Planted(type(example)(example.id, config, example.tensors), expected, tmp_path / attn["attn_type"])
@@ -557,7 +620,11 @@ def test_mpt_multi_query_and_grouped_query_variants(tmp_path: Path) -> None:
 def test_kv_heads_follow_the_k_shape_when_the_config_disagrees(tmp_path: Path) -> None:
     # PLaMo-13B's config carries a num_key_value_heads that llama.cpp calls wrong; K's rows decide.
     example = next(ex for _, ex in EXAMPLES if ex.id == "plamo-13b")
-    planted = Planted(type(example)(example.id, {**example.config, "num_key_value_heads": 4}, example.tensors), EXPECTED["plamo-13b"], tmp_path / "m")
+    planted = Planted(
+        type(example)(example.id, {**example.config, "num_key_value_heads": 4}, example.tensors),
+        EXPECTED["plamo-13b"],
+        tmp_path / "m",
+    )
     view = resolve_dir(planted.folder)
     assert view.n_kv_heads == 2
     assert any("config gives 4 KV heads" in note for note in view.notes)
@@ -566,7 +633,9 @@ def test_kv_heads_follow_the_k_shape_when_the_config_disagrees(tmp_path: Path) -
 # --------------------------------------------------------------------------- GGUF: names are canonical
 
 
-def write_gguf(path: Path, arch: str, heads: tuple[int, int | None], tensors: dict[str, np.ndarray], n_layers: int = 2) -> Path:
+def write_gguf(
+    path: Path, arch: str, heads: tuple[int, int | None], tensors: dict[str, np.ndarray], n_layers: int = 2
+) -> Path:
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(n_layers)
     w.add_embedding_length(HIDDEN)
@@ -593,13 +662,18 @@ def gguf_model(tmp_path: Path, arch: str, nh: int, nkv: int, fused: bool, extra:
         if fused:
             tensors[f"blk.{i}.attn_qkv.weight"] = np.concatenate([q[i], k[i], v])
         else:
-            tensors.update({f"blk.{i}.attn_q.weight": q[i], f"blk.{i}.attn_k.weight": k[i], f"blk.{i}.attn_v.weight": v})
+            tensors.update(
+                {f"blk.{i}.attn_q.weight": q[i], f"blk.{i}.attn_k.weight": k[i], f"blk.{i}.attn_v.weight": v}
+            )
         tensors[f"blk.{i}.attn_norm.weight"] = np.ones(HIDDEN)
     tensors.update(extra or {})
     return write_gguf(tmp_path / f"{arch}.gguf", arch, (nh, nkv), tensors), q, k
 
 
-@pytest.mark.parametrize(("arch", "fused", "family"), [("llama", False, "llama"), ("falcon", True, "falcon"), ("phi3", True, "phi3"), ("gpt2", True, "gpt2")])
+@pytest.mark.parametrize(
+    ("arch", "fused", "family"),
+    [("llama", False, "llama"), ("falcon", True, "falcon"), ("phi3", True, "phi3"), ("gpt2", True, "gpt2")],
+)
 def test_gguf_resolves_canonical_names(arch: str, fused: bool, family: str, tmp_path: Path) -> None:
     # Falcon's and GPT-2's converters write attn_qkv as contiguous Q, K, V (Falcon reorders its KV groups,
     # GPT-2 transposes the Conv1D back), so these files are cut contiguously and without a transpose.
@@ -617,7 +691,10 @@ def test_gguf_resolves_canonical_names(arch: str, fused: bool, family: str, tmp_
 
 def test_gguf_fused_gate_up_and_stacked_experts(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    gate, up = rng.standard_normal((D_FF, HIDDEN)).astype(np.float32), rng.standard_normal((D_FF, HIDDEN)).astype(np.float32)
+    gate, up = (
+        rng.standard_normal((D_FF, HIDDEN)).astype(np.float32),
+        rng.standard_normal((D_FF, HIDDEN)).astype(np.float32),
+    )
     extra = {f"blk.{i}.ffn_up.weight": np.concatenate([gate, up]) for i in range(2)}
     path, _, _ = gguf_model(tmp_path, "phi3", 4, 2, True, extra)
     with open_source(path) as source:
@@ -626,7 +703,9 @@ def test_gguf_fused_gate_up_and_stacked_experts(tmp_path: Path) -> None:
         assert dict(read_ffn(source, view, view.layers[0], "gate"))[None].tolist() == gate.tolist()
     experts = rng.standard_normal((4, D_FF, HIDDEN)).astype(np.float32)
     shared = rng.standard_normal((D_FF, HIDDEN)).astype(np.float32)
-    extra = {f"blk.{i}.ffn_up_exps.weight": experts for i in range(2)} | {f"blk.{i}.ffn_up_shexp.weight": shared for i in range(2)}
+    extra = {f"blk.{i}.ffn_up_exps.weight": experts for i in range(2)} | {
+        f"blk.{i}.ffn_up_shexp.weight": shared for i in range(2)
+    }
     path, _, _ = gguf_model(tmp_path, "qwen2moe", 4, 4, False, extra)
     with open_source(path) as source:
         view = resolve(source)
@@ -634,6 +713,27 @@ def test_gguf_fused_gate_up_and_stacked_experts(tmp_path: Path) -> None:
     assert sorted(got, key=str) == sorted([0, 1, 2, 3, -1], key=str)
     np.testing.assert_array_equal(got[2], experts[2])
     np.testing.assert_array_equal(got[-1], shared)
+
+
+def test_per_expert_gguf_names_and_ambiguous_ffn_tensors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    experts = [rng.standard_normal((D_FF, HIDDEN)).astype(np.float32) for _ in range(3)]
+    extra = {f"blk.{i}.ffn_up.{x}.weight": experts[x] for i in range(2) for x in range(3)}
+    path, q, _ = gguf_model(tmp_path, "llama", 4, 2, False, extra)
+    with open_source(path) as source:
+        view = resolve(source)
+        got = dict(read_ffn(source, view, view.layers[0], "up"))
+    assert sorted(got) == [0, 1, 2]
+    np.testing.assert_array_equal(got[1], experts[1])
+    # Two tensors that both look like layer 0's dense FFN up projection: attention still resolves,
+    # that FFN projection is dropped with a note instead of a guess.
+    tensors = llama_tensors()
+    tensors["model.layers.0.mlp.up_proj.weight"] = np.zeros((D_FF, HIDDEN))
+    tensors["model.layers.0.mlp.c_fc.weight"] = np.zeros((D_FF, HIDDEN))
+    tensors["model.layers.1.mlp.up_proj.weight"] = np.zeros((D_FF, HIDDEN))
+    view = resolve_dir(write_hf(tmp_path / "m", LLAMA_CONFIG, tensors))
+    assert view.layers[0].up == () and len(view.layers[1].up) == 1
+    assert any("layer 0" in note and "FFN up" in note for note in view.notes)
 
 
 def test_gguf_fused_qkv_without_a_known_converter_layout_is_refused(tmp_path: Path) -> None:
@@ -707,6 +807,13 @@ def test_tensor_name_map_lookups(arch: str, name: str, role: tuple[str, int | No
     assert canonical_role(name, gguf_arch(arch), 4) == role
 
 
+def test_gguf_names_are_read_as_roles_without_a_map() -> None:
+    assert gguf_role("blk.3.attn_qkv.weight") == ("attn_qkv", 3, None)
+    assert gguf_role("token_embd.weight") == ("token_embd", None, None)
+    assert gguf_role("blk.3.ffn_gate.5.weight") == ("ffn_gate", 3, 5)  # early Mixtral GGUF: one tensor per expert
+    assert gguf_role("blk.3.attn_q.bias") is None
+
+
 def test_gguf_arch_accepts_both_spellings() -> None:
     assert gguf_arch("GPTNEOX") is MODEL_ARCH.GPTNEOX
     assert gguf_arch("gptneox") is MODEL_ARCH.GPTNEOX
@@ -720,7 +827,10 @@ def test_arch_specific_mappings_do_not_leak_into_other_maps() -> None:
     before = dict(TensorNameMap.block_mappings_cfg)
     arch_names._name_map.cache_clear()
     try:
-        assert canonical_role("model.layers.0.post_attention_layernorm.weight", MODEL_ARCH.ARCTIC, 2) == ("ffn_norm_exps", 0)
+        assert canonical_role("model.layers.0.post_attention_layernorm.weight", MODEL_ARCH.ARCTIC, 2) == (
+            "ffn_norm_exps",
+            0,
+        )
         assert TensorNameMap.block_mappings_cfg == before
         assert canonical_role("model.layers.0.post_attention_layernorm.weight", MODEL_ARCH.LLAMA, 2) == ("ffn_norm", 0)
     finally:

@@ -71,17 +71,19 @@ def canonical_role(name: str, arch: MODEL_ARCH, n_blocks: int) -> tuple[str, int
     return m.group("role"), (int(bid) if bid is not None else None)
 
 
-def gguf_role(name: str) -> tuple[str, int | None] | None:
-    """Role of a tensor name in a GGUF file, where names are canonical already: ``blk.3.attn_qkv.weight`` -> ``("attn_qkv", 3)``.
+def gguf_role(name: str) -> tuple[str, int | None, int | None] | None:
+    """Role of a tensor name in a GGUF file, where names are canonical already.
 
-    No name map is involved, so a GGUF tensor is recognised even when gguf's
-    tables do not list it for the file's architecture (and then refused
-    with a reason, instead of looking absent).
+    ``blk.3.attn_qkv.weight`` -> ``("attn_qkv", 3, None)``; the per-expert
+    names of early Mixtral GGUF files, ``blk.3.ffn_gate.5.weight``, give
+    ``("ffn_gate", 3, 5)``. No name map is involved, so a GGUF tensor is
+    recognised even when gguf's tables do not list it for the file's
+    architecture (and is then refused with a reason instead of looking absent).
     """
     if not name.endswith(".weight"):
         return None
     m = ROLE_PATTERN.match(name[: -len(".weight")])
     if m is None:
         return None
-    bid = m.group("bid")
-    return m.group("role"), (int(bid) if bid is not None else None)
+    bid, xid = m.group("bid"), m.group("xid")
+    return m.group("role"), (int(bid) if bid is not None else None), (int(xid) if xid is not None else None)

@@ -300,13 +300,21 @@ class _Found:
     ffn: dict[int, dict[str, list[TensorRef]]] = field(default_factory=dict)
     by_block: dict[int, list[str]] = field(default_factory=dict)
     claims: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    ffn_ambiguous: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
     ignored: int = 0
     recognised: int = 0
     problems: list[AwmError] = field(default_factory=list)
 
     def claim(self, key: tuple[Any, ...], name: str, where: str) -> bool:
-        """Record that ``name`` has role ``key``; a second tensor with the same role is a problem."""
+        """Record that ``name`` has role ``key``; a second tensor with the same role is a problem.
+
+        For Q, K and the embedding that is an error; for an FFN input it only
+        drops that layer's FFN projection (the attention score does not need it).
+        """
         other = self.claims.setdefault(key, name)
+        if other != name and key[0] == "ffn":
+            self.ffn_ambiguous.setdefault((key[2], key[1]), (other, name))
+            return False
         if other != name:
             self.problems.append(
                 UnsupportedArchitecture(
@@ -382,7 +390,8 @@ def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant 
             how = f"architectures.toml [{fam.name}] {pat.template}{rewritten}"
             role, layout, transposed, order, shared = pat.role, pat.layout, pat.transposed, pat.order, pat.shared_expert
         else:
-            role, bid = what
+            role, bid = what[0], what[1]
+            xid = what[2] if len(what) > 2 else None
             how = "GGUF canonical name" if is_gguf else f"gguf TensorNameMap({fam.gguf_arch.name}){rewritten}"
             layout = None
             transposed = (not is_gguf) and role in fam.hf_transposed
@@ -415,6 +424,7 @@ def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant 
             found.recognised += 1
             if role in _GGUF_FFN_ROLES and kind == "gguf":
                 weight, expert = _GGUF_FFN_ROLES[role]
+                expert = xid if xid is not None else expert
             else:
                 weight, expert = role.removeprefix("ffn_"), (-1 if shared else xid)
             parts = ("gate", "up") if weight == "gate_up" else (weight,)
@@ -469,7 +479,11 @@ def _heads(source: TensorSource, config: dict[str, Any], table: Table, variant: 
     if variant is not None and variant.n_kv_heads is not None:
         nkv = nh if variant.n_kv_heads == "n_heads" else int(variant.n_kv_heads)
     else:
-        keys = list(variant.n_kv_heads_keys) if variant is not None and variant.n_kv_heads_keys else d.get("n_kv_heads_keys", [])
+        keys = (
+            list(variant.n_kv_heads_keys)
+            if variant is not None and variant.n_kv_heads_keys
+            else d.get("n_kv_heads_keys", [])
+        )
         nkv = _as_int(config_value(config, keys))
         if nkv is None:
             nkv, explicit = nh, False
@@ -506,7 +520,9 @@ def resolve(source: TensorSource) -> ModelView:
         if any(layer.q.part is not None for layer in view.layers):
             fused_fit.append(f"{fam.name} ({view.layers[0].q.name})")
             continue
-        return _with_note(view, f"architecture {display!r} is not in the table; its tensor names match family {fam.name!r}")
+        return _with_note(
+            view, f"architecture {display!r} is not in the table; its tensor names match family {fam.name!r}"
+        )
     names = source.names()
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
     if fused_fit:
@@ -535,7 +551,9 @@ def _fail(exc: AwmError, found: _Found) -> AwmError:
     return exc
 
 
-def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:
+def _build(
+    source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table
+) -> ModelView:
     where = str(source.path)
     variant = fam.variant(config) if source.format != "gguf" else None
     found = _classify(source, fam, table, variant)
@@ -543,17 +561,23 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
         raise _fail(found.problems[0], found)
     if found.embedding is None:
         expected = fam.example_tensors[0] if fam.example_tensors else "token_embd.weight"
-        raise _fail(MissingTensor(f"{where}: no token embedding found for family {fam.name!r} (expected e.g. {expected})"), found)
+        raise _fail(
+            MissingTensor(f"{where}: no token embedding found for family {fam.name!r} (expected e.g. {expected})"),
+            found,
+        )
     emb_shape = source.shape(found.embedding.name)
     if len(emb_shape) != 2:
         raise _fail(
-            MissingTensor(f"{where}: token embedding {found.embedding.name!r} has shape {emb_shape}, expected 2-D"), found
+            MissingTensor(f"{where}: token embedding {found.embedding.name!r} has shape {emb_shape}, expected 2-D"),
+            found,
         )
     vocab_rows, hidden = emb_shape
     blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
     n_layers_cfg = config_value(config, table.defaults.get("n_layers_keys", []))
     if source.format == "gguf":
-        n_layers_cfg = source.metadata.get(f"{source.metadata.get('general.architecture', '')}.block_count", n_layers_cfg)
+        n_layers_cfg = source.metadata.get(
+            f"{source.metadata.get('general.architecture', '')}.block_count", n_layers_cfg
+        )
     n_layers_cfg = _as_int(n_layers_cfg)
     if not blocks:
         held = found.by_block.get(min(found.by_block), []) if found.by_block else []
@@ -567,9 +591,14 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
     n_layers = max(blocks) + 1
     if n_layers_cfg is not None and n_layers_cfg > n_layers:
         n_layers = n_layers_cfg
+    notes: list[str] = []
+    for (bid, part), (one, other) in sorted(found.ffn_ambiguous.items()):
+        found.ffn.get(bid, {}).pop(part, None)
+        notes.append(
+            f"layer {bid}: {one} and {other} both look like its FFN {part} projection; no FFN {part} score there"
+        )
     heads = _heads(source, config, table, variant)
     nh, nkv, hd = heads.n_heads, heads.n_kv_heads, heads.head_dim
-    notes: list[str] = []
     layers: list[LayerRefs] = []
     for bid in range(n_layers):
         if bid in found.q and bid in found.k:
@@ -597,8 +626,12 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
                     found,
                 )
             hd = fused_hd
-            q = TensorRef(fused.name, f"blk.{bid}.attn_q", fused.how, part="q", layout=fused.layout, transposed=fused.transposed)
-            k = TensorRef(fused.name, f"blk.{bid}.attn_k", fused.how, part="k", layout=fused.layout, transposed=fused.transposed)
+            q = TensorRef(
+                fused.name, f"blk.{bid}.attn_q", fused.how, part="q", layout=fused.layout, transposed=fused.transposed
+            )
+            k = TensorRef(
+                fused.name, f"blk.{bid}.attn_k", fused.how, part="k", layout=fused.layout, transposed=fused.transposed
+            )
         else:
             seen = found.by_block.get(bid, [])
             raise _fail(
@@ -618,6 +651,7 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
                 gate=tuple(sorted(ffn.get("gate", []), key=_expert_order)),
             )
         )
+    conv1d = " (Conv1D, stored transposed)"
     for layer in layers:
         for ref in (layer.q, layer.k):
             shape = source.shape(ref.name)
@@ -625,7 +659,7 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
             if d_in != hidden:
                 raise _fail(
                     UnsupportedArchitecture(
-                        f"{where}: {ref.name} has shape {tuple(shape)}{' (Conv1D, transposed)' if ref.transposed else ''}; "
+                        f"{where}: {ref.name} has shape {tuple(shape)}{conv1d if ref.transposed else ''}; "
                         f"its input size is not the embedding's hidden size {hidden}"
                     ),
                     found,
@@ -633,7 +667,10 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
     first = layers[0]
     if first.q.part is None and nh:
         # Separate Q and K: the head size and the KV head count follow from the shapes.
-        q_rows, k_rows = _rows(source, first.q.name, first.q.transposed), _rows(source, first.k.name, first.k.transposed)
+        q_rows, k_rows = (
+            _rows(source, first.q.name, first.q.transposed),
+            _rows(source, first.k.name, first.k.transposed),
+        )
         if hd is None and q_rows % nh == 0:
             hd = q_rows // nh
         if hd and k_rows % hd == 0:
@@ -682,7 +719,9 @@ def _matrix(source: TensorSource, view: ModelView, ref: TensorRef, cache: dict[s
     if ref.part is None:
         return np.ascontiguousarray(w)
     if view.n_heads is None or view.n_kv_heads is None or ref.layout is None:
-        raise UnsupportedArchitecture(f"{source.path}: {ref.name}: cutting a fused QKV tensor needs head counts and a layout")
+        raise UnsupportedArchitecture(
+            f"{source.path}: {ref.name}: cutting a fused QKV tensor needs head counts and a layout"
+        )
     head_dim = infer_head_dim(w.shape[0], view.n_heads, view.n_kv_heads, f"{source.path}: {ref.name}")
     return split_qkv(w, ref.layout, ref.part, view.n_heads, view.n_kv_heads, head_dim, f"{source.path}: {ref.name}")
 
@@ -705,7 +744,9 @@ def _half(w: np.ndarray, ref: TensorRef, where: str) -> np.ndarray:
     return np.ascontiguousarray(block)
 
 
-def read_ffn(source: TensorSource, view: ModelView, layer: LayerRefs, weight: str) -> list[tuple[int | None, np.ndarray]]:
+def read_ffn(
+    source: TensorSource, view: ModelView, layer: LayerRefs, weight: str
+) -> list[tuple[int | None, np.ndarray]]:
     """FFN input projections of one layer: ``[(expert, (d_ff, hidden))]``, one entry for a dense FFN.
 
     Stacked GGUF experts ``(n_expert, d_ff, hidden)`` are expanded; fused
