@@ -513,6 +513,29 @@ def test_undeclared_architecture_with_separate_qk_resolves_by_names(tmp_path: Pa
     assert any("not in the table" in note for note in view.notes)
 
 
+def test_meta_original_llama_names_without_config(tmp_path: Path) -> None:
+    # consolidated.*.pth of meta-llama/Llama-2-7b ships params.json, not config.json: names alone decide.
+    rng = np.random.default_rng(2)
+    tensors = {
+        "tok_embeddings.weight": rng.standard_normal((96, HIDDEN)),
+        "output.weight": rng.standard_normal((96, HIDDEN)),
+    }
+    for i in range(2):
+        for w, rows in (("wq", 64), ("wk", 64), ("wv", 64), ("wo", 64)):
+            tensors[f"layers.{i}.attention.{w}.weight"] = rng.standard_normal((rows, HIDDEN))
+        for w in ("w1", "w3"):
+            tensors[f"layers.{i}.feed_forward.{w}.weight"] = rng.standard_normal((D_FF, HIDDEN))
+        tensors[f"layers.{i}.attention_norm.weight"] = np.ones(HIDDEN)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(folder / "consolidated.safetensors"))
+    view = resolve_dir(folder)
+    assert view.family == "llama" and view.n_layers == 2
+    assert view.layers[1].q.name == "layers.1.attention.wq.weight"
+    assert view.layers[1].up[0].name == "layers.1.feed_forward.w3.weight"
+    assert view.layers[1].gate[0].name == "layers.1.feed_forward.w1.weight"
+
+
 def test_undeclared_architecture_with_fused_qkv_is_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     tensors = {"wte.weight": rng.standard_normal((96, HIDDEN))}
