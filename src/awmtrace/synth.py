@@ -115,17 +115,22 @@ def random_llama(
 
 
 def _map(m: SynthModel, fn_in: Any, fn_out: Any, fn_embed: Any) -> SynthModel:
-    """Apply ``fn_in`` to matrices reading the hidden state, ``fn_out`` to those writing it."""
+    """Apply ``fn_in`` to matrices reading the hidden state, ``fn_out`` to those writing it.
+
+    Results are made C-contiguous: fancy indexing can return Fortran-ordered
+    arrays, and ``safetensors.numpy.save_file`` writes an array's memory as is.
+    """
+    c = np.ascontiguousarray
     return replace(
         m,
-        embed=fn_embed(m.embed),
-        q=[fn_in(w) for w in m.q],
-        k=[fn_in(w) for w in m.k],
-        v=[fn_in(w) for w in m.v],
-        gate=[fn_in(w) for w in m.gate],
-        up=[fn_in(w) for w in m.up],
-        o=[fn_out(w) for w in m.o],
-        down=[fn_out(w) for w in m.down],
+        embed=c(fn_embed(m.embed)),
+        q=[c(fn_in(w)) for w in m.q],
+        k=[c(fn_in(w)) for w in m.k],
+        v=[c(fn_in(w)) for w in m.v],
+        gate=[c(fn_in(w)) for w in m.gate],
+        up=[c(fn_in(w)) for w in m.up],
+        o=[c(fn_out(w)) for w in m.o],
+        down=[c(fn_out(w)) for w in m.down],
     )
 
 
