@@ -475,7 +475,7 @@ def compare_models(
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
     z = stats.z_score(score, null_model)
-    all_notes = [*notes, *a.view.notes, *b.view.notes]
+    all_notes = notes
     return PairResult(
         a=a.summary(),
         b=b.summary(),
@@ -493,7 +493,7 @@ def compare_models(
         ffn=ffn,
         device=backend.name,
         elapsed_s=time.perf_counter() - started,
-        notes=tuple(dict.fromkeys(all_notes)),
+        notes=tuple(dict.fromkeys(all_notes)),  # the models' own notes are in a["notes"], b["notes"]
         tool_version=__version__,
     )
 

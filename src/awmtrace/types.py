@@ -77,6 +77,7 @@ class ModelView:
     layers: tuple[LayerRefs, ...]
     tokenizer_source: str | None = None
     notes: tuple[str, ...] = ()
+    family_reason: str = ""  # why this family was chosen (what the checkpoint declares)
 
     def summary(self) -> dict[str, Any]:
         """The fields a report needs to say what was compared."""
@@ -92,11 +93,12 @@ class ModelView:
             "head_dim": self.head_dim,
             "vocab_size": self.vocab_size,
             "tokenizer_source": self.tokenizer_source,
+            "family_reason": self.family_reason,
+            "notes": list(self.notes),
         }
 
     def to_dict(self) -> dict[str, Any]:
         d = self.summary()
-        d["notes"] = list(self.notes)
         d["tensors"] = {"embedding": self.embedding.to_dict(), "layers": []}
         for layer in self.layers:
             entry: dict[str, Any] = {"index": layer.index, "q": layer.q.to_dict(), "k": layer.k.to_dict()}

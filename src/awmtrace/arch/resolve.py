@@ -684,8 +684,6 @@ def _build(
     if hd is None and nh:
         hd = hidden // nh
     all_notes: list[str] = []
-    if why:
-        all_notes.append(f"family {fam.name!r} selected because the {why}")
     if variant is not None and variant.why and any(layer.q.part is not None for layer in layers):
         all_notes.append(f"{fam.name}: {variant.why}")
     all_notes.extend(notes)
@@ -707,6 +705,7 @@ def _build(
         embedding=found.embedding,
         layers=tuple(layers),
         notes=tuple(all_notes),
+        family_reason=f"the {why}" if why else "",
     )
 
 

@@ -127,7 +127,8 @@ def print_result(result: dict[str, Any], per_layer: bool) -> None:
         console.print(_ffn_table(result["ffn"], per_layer))
     from awmtrace.nulls import null_caveats
 
-    for note in [*result.get("notes", []), *null_caveats(result)]:
+    model_notes = [f"{side.upper()}: {n}" for side in ("a", "b") for n in result[side].get("notes", [])]
+    for note in [*model_notes, *result.get("notes", []), *null_caveats(result)]:
         console.print(f"[dim]note: {escape(note)}[/]")
     console.print(verdict_line(result), soft_wrap=True)
 
@@ -223,7 +224,7 @@ def inspect(path: str, as_json: bool, all_tensors: bool) -> None:
     t.add_column()
     rows = [
         ("format", data["format"]),
-        ("architecture", f"{data['architecture']} (family {data['family']})"),
+        ("architecture", f"{data['architecture']} (family {data['family']}" + (f", chosen because {data['family_reason']})" if data["family_reason"] else ")")),
         ("hidden_size", data["hidden_size"]),
         ("n_layers", data["n_layers"]),
         ("n_heads", data["n_heads"]),
