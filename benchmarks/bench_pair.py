@@ -102,8 +102,20 @@ def _loadavg() -> str:
     return f"{one:.2f}/{five:.2f}"
 
 
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot, from /proc/stat (``None`` elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def run_child(cmd: list[str], timeout: float) -> dict:
-    """Run ``cmd``; return wall seconds, peak RSS and its parsed JSON stdout."""
+    """Run ``cmd``; return wall seconds, peak RSS, CPU use (its own and other processes') and its JSON stdout."""
+    busy_before = _busy_cpu_seconds()
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -116,14 +128,19 @@ def run_child(cmd: list[str], timeout: float) -> dict:
     # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN, which
     # holds the maximum over all reaped children, so each measurement runs
     # through a fresh intermediate process (see measure()).
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss = usage.ru_maxrss * 1024
+    own_cpu = usage.ru_utime + usage.ru_stime
+    busy_after = _busy_cpu_seconds()
+    # CPU time other processes took while this one ran: the load the timing shared the machine with.
+    others = None if busy_before is None or busy_after is None else max(0.0, busy_after - busy_before - own_cpu)
     if proc.returncode != 0:
         return {"error": (err.strip().splitlines() or ["exit status %d" % proc.returncode])[-1], "wall_s": wall}
     try:
         payload = json.loads(out)
     except json.JSONDecodeError:
         return {"error": "child printed no JSON: " + out[-300:], "wall_s": wall}
-    return {"wall_s": wall, "peak_rss_bytes": rss, "payload": payload}
+    return {"wall_s": wall, "peak_rss_bytes": rss, "cpu_s": own_cpu, "others_cpu_s": others, "payload": payload}
 
 
 def measure(impl: str, a: Path, b: Path, timeout: float) -> dict:
@@ -185,7 +202,7 @@ def child(a: str, b: str) -> int:
                 "score_q": result.score_q,
                 "score_k": result.score_k,
                 "z": result.z,
-                "verdict": result.verdict["label"] if isinstance(result.verdict, dict) else str(result.verdict),
+                "verdict": result.verdict.label,
                 "n_sign_flips": result.alignment.get("n_sign_flips"),
                 "elapsed_s": result.elapsed_s,
                 "progress_stages_s": {k: round(v, 2) for k, v in stages.items()},
@@ -203,18 +220,24 @@ def _payload_scores(impl: str, payload: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| shape | pair | impl | wall s | peak RSS GiB | score (q / k) | stages s | load 1/5 min |\n|---|---|---|---:|---:|---|---|---|"
+    head = (
+        "| shape | pair | impl | wall s | peak RSS GiB | score (q / k) | stages s | other processes' CPU |\n"
+        "|---|---|---|---:|---:|---|---|---:|"
+    )
     lines = [head]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['shape']} | {r['pair']} | {r['impl']} | error: {r['error']} | | | | {r.get('load_before', '')} |")
             continue
         p = _payload_scores(r["impl"], r["payload"])
-        stages = r["payload"].get("timings_s") or r["payload"].get("stages_s") or {}
+        stages = r["payload"].get("timings_s") or {}
         st = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
         sc = f"{p['score']:.4f} ({p['score_q']:.4f} / {p['score_k']:.4f})" if p.get("score") is not None else ""
+        ncpu = os.cpu_count() or 1
+        others = r.get("others_cpu_s")
+        load = f"{100 * others / (r['wall_s'] * ncpu):.0f}%" if others is not None else "n/a"
         lines.append(
-            f"| {r['shape']} | {r['pair']} | {r['impl']} | {r['wall_s']:.1f} | {r['peak_rss_bytes'] / GIB:.2f} | {sc} | {st} | {r['load_before']} |"
+            f"| {r['shape']} | {r['pair']} | {r['impl']} | {r['wall_s']:.1f} | {r['peak_rss_bytes'] / GIB:.2f} | {sc} | {st} | {load} |"
         )
     return "\n".join(lines)
 
@@ -252,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                 r.update({"shape": args.shape, "pair": f"base vs {pair}"})
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k not in ("evicted",)}), file=sys.stderr, flush=True)
-    print(f"machine: {os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.1f} GiB RAM; python {sys.version.split()[0]}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.1f} GiB RAM; "
+        f"python {sys.version.split()[0]}; finished {time.strftime('%Y-%m-%d %H:%M')}, load average {_loadavg()} (1/5 min)"
+    )
     print(table(rows))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,9 @@ Three kinds per shape:
   permutation and sign flip of the hidden dimensions applied to every matrix
   that reads or writes the residual stream, the norm gains permuted, and the
   residual stream scaled by ``--scale``: embedding, ``o_proj`` and
-  ``down_proj`` scaled) plus small Gaussian drift (``--drift`` times each
-  matrix's RMS), as after a short fine-tune.
+  ``down_proj`` scaled) plus small drift (``--drift`` times each matrix's
+  RMS; Gaussian on the embedding, Q and K, uniform on the tensors AWM does
+  not read, which is faster to draw), as after a short fine-tune.
 * ``independent``: the same recipe with another seed.
 
 Every tensor is drawn from its own seed, so ``derived`` regenerates the base
@@ -170,23 +171,23 @@ class Derived:
         self.signs = g.choice(np.array([-1.0, 1.0], dtype=np.float32), size=base.s.hidden)
         self.seed = seed
 
-    def _noise(self, w: np.ndarray, *key: object) -> np.ndarray:
+    def _noise(self, w: np.ndarray, *key: object, gaussian: bool = True) -> np.ndarray:
         if self.drift > 0:
             rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float32), dtype=np.float64)))
-            n = _normal(_rng(self.seed, "drift", *key), w.shape)
+            n = (_normal if gaussian else _uniform)(_rng(self.seed, "drift", *key), w.shape)
             n *= np.float32(self.drift * rms)
             w += n
         return w
 
     def reads(self, w: np.ndarray) -> np.ndarray:
         """A matrix that reads the residual stream: ``(d_out, hidden)``, columns moved."""
-        out = w[:, self.perm]
+        out = np.take(w, self.perm, axis=1)  # several times faster than w[:, perm]
         out *= self.signs[None, :]
         return out
 
     def writes(self, w: np.ndarray) -> np.ndarray:
         """A matrix that writes the residual stream: ``(hidden, d_in)``, rows moved and scaled."""
-        out = w[self.perm, :]
+        out = np.take(w, self.perm, axis=0)
         out *= (self.signs * self.scale)[:, None]
         return out
 
@@ -213,7 +214,8 @@ def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # noqa: ANN2
         for name, w, side in items:
             if d is not None:
                 w = d.reads(w) if side == "reads" else d.writes(w)
-                w = d._noise(w, name, i)
+                # Gaussian drift where AWM looks (Q, K); cheaper uniform drift elsewhere.
+                w = d._noise(w, name, i, gaussian=name in ("self_attn.q_proj", "self_attn.k_proj"))
             yield p + name + ".weight", w
         items.clear()
         yield p + "input_layernorm.weight", norm
@@ -221,7 +223,7 @@ def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # noqa: ANN2
     yield "model.norm.weight", norm
     head = base.lm_head()
     if d is not None:
-        head = d._noise(d.reads(head), "lm_head")
+        head = d._noise(d.reads(head), "lm_head", gaussian=False)
     yield "lm_head.weight", head
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg.blas import ssyrk
+from scipy.linalg.blas import sgemm, sgemv, ssyrk
 
 from awmtrace.errors import NumericalError
 
@@ -228,7 +228,10 @@ def feature_terms(x: np.ndarray) -> FeatureTerms:
     n = x.shape[0]
     sq_norms = np.einsum("ij,ij->i", x, x).astype(np.float64)
     col_sums = x.sum(axis=0, dtype=np.float64)
-    row_sums = (x @ col_sums.astype(np.float32)).astype(np.float64) - sq_norms
+    # scipy's BLAS, not numpy's matmul, for every product here: numpy and
+    # scipy each bundle an OpenBLAS with its own thread pool, and alternating
+    # between them leaves one pool spinning while the other works.
+    row_sums = sgemv(1.0, np.asfortranarray(x), col_sums.astype(np.float32)).astype(np.float64) - sq_norms
     total = float(col_sums @ col_sums - sq_norms.sum())
     xtx = _syrk_upper(x, trans=1)  # (p, p) upper triangle of X'X
     diag = np.einsum("ii->i", xtx).astype(np.float64)
@@ -241,7 +244,7 @@ def hsic_from_feature_terms(tk: FeatureTerms, tl: FeatureTerms) -> float:
     """Unbiased HSIC between two matrices from their :class:`FeatureTerms` (same n)."""
     if tk.n != tl.n:
         raise ValueError(f"sample counts differ: {tk.n} vs {tl.n}")
-    cross = tk.x.T @ tl.x  # (p, q): W_a W_b'
+    cross = sgemm(1.0, np.asfortranarray(tk.x), np.asfortranarray(tl.x), trans_a=1)  # (p, q): W_a W_b'
     tr_kl = _rowwise_dot64(cross, cross) - float(tk.sq_norms @ tl.sq_norms)
     return _hsic(tr_kl, tk.total, tl.total, float(tk.row_sums @ tl.row_sums), tk.n)
 
