@@ -139,8 +139,6 @@ class HubServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    # ----------------------------------------------------------- repos
-
     def add_repo(
         self,
         repo_id: str,
@@ -170,8 +168,6 @@ class HubServer:
             self.bytes_served = 0
             self.served.clear()
             self.requests.clear()
-
-    # ----------------------------------------------------------- lifecycle
 
     @property
     def url(self) -> str:
@@ -242,8 +238,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._route(head=False)
-
-    # ----------------------------------------------------------- responses
 
     def _send(self, status: int, headers: dict[str, str], body: bytes = b"", head: bool = False) -> None:
         self.send_response(status)

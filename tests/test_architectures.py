@@ -456,9 +456,6 @@ def test_a_checkpoint_compared_with_itself_scores_one(example_id: str, tmp_path:
     assert len(result.layers) == planted.n_layers
 
 
-# --------------------------------------------------------------------------- failures that must be clear
-
-
 def write_hf(folder: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
@@ -653,9 +650,6 @@ def test_kv_heads_follow_the_k_shape_when_the_config_disagrees(tmp_path: Path) -
     assert any("config gives 4 KV heads" in note for note in view.notes)
 
 
-# --------------------------------------------------------------------------- GGUF: names are canonical
-
-
 def write_gguf(
     path: Path, arch: str, heads: tuple[int, int | None], tensors: dict[str, np.ndarray], n_layers: int = 2
 ) -> Path:
@@ -776,9 +770,6 @@ def test_gguf_of_an_unlisted_architecture_with_separate_qk(tmp_path: Path) -> No
         got_q, _ = read_attention(source, view, view.layers[1])
     np.testing.assert_array_equal(got_q, q[1])
     assert any("'stablelm' is not in the table" in note for note in view.notes)
-
-
-# --------------------------------------------------------------------------- names.py: the gguf lookups we rely on
 
 
 RELIED_ON = [

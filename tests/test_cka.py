@@ -7,7 +7,13 @@ import pytest
 from scipy.stats import ortho_group
 
 from awmtrace.core import cka
-from awmtrace.core.cka import feature_terms, gram_terms, linear_cka, unbiased_hsic_gram, unbiased_linear_cka
+from awmtrace.core.cka import (
+    feature_terms,
+    gram_terms,
+    linear_cka,
+    unbiased_hsic_gram,
+    unbiased_linear_cka,
+)
 from awmtrace.errors import NumericalError
 
 

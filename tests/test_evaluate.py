@@ -120,9 +120,6 @@ def test_single_class_is_refused() -> None:
         roc_curve([0.9, 0.8], [True, True])
 
 
-# --------------------------------------------------------------------------- evaluate()
-
-
 def _entry(a: str, b: str, score: float, label: str | None, suite: str | None = "s", z: float | None = None) -> PairEntry:
     result = {
         "score": score,
@@ -212,9 +209,6 @@ def test_labels_file_formats_and_errors(tmp_path: Path) -> None:
         load_labels(tmp_path / "none.csv")
 
 
-# --------------------------------------------------------------------------- loading
-
-
 def _items() -> list[dict[str, object]]:
     return [
         {"name_a": e.name_a, "name_b": e.name_b, "label": e.label, "suite": e.suite, "result": e.result}
@@ -293,9 +287,6 @@ def test_load_pairs_from_a_real_results_store(tmp_path: Path) -> None:
     ResultsStore(empty, create=True).close()
     r = CliRunner().invoke(main, ["evaluate", str(empty)])
     assert r.exit_code == 2 and "holds no results" in r.output and "Traceback" not in r.output
-
-
-# --------------------------------------------------------------------------- CLI
 
 
 def test_evaluate_cli_writes_figures_and_tables(tmp_path: Path) -> None:

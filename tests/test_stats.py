@@ -14,7 +14,15 @@ from click.testing import CliRunner
 from awmtrace.cli import main
 from awmtrace.core import stats
 from awmtrace.errors import InputNotFound, StatsError, UsageError
-from awmtrace.nulls import calibrate_null, is_cross_size, load_null, null_caveats, null_from_dict, null_to_dict, save_null
+from awmtrace.nulls import (
+    calibrate_null,
+    is_cross_size,
+    load_null,
+    null_caveats,
+    null_from_dict,
+    null_to_dict,
+    save_null,
+)
 from awmtrace.types import NullModel
 
 PAPER = NullModel("paper", mean=0.00375, std=0.0028, n=90)
@@ -117,9 +125,6 @@ def test_bonferroni_z_and_the_note() -> None:
     assert loose is not None and "looser" in loose and "Holm" in loose
 
 
-# --------------------------------------------------------------------------- null files
-
-
 def test_default_null_is_the_papers_published_summary() -> None:
     null = load_null()
     assert (null.mean, null.std, null.n) == (0.00375, 0.0028, 90)
@@ -207,9 +212,6 @@ def test_cross_size_and_caveats() -> None:
     assert any("no raw per-pair scores" in c for c in caveats)
     assert any("differs in width or depth" in c for c in caveats)
     assert any("extrapolation" in c for c in caveats)
-
-
-# --------------------------------------------------------------------------- CLI
 
 
 def invoke(*args: str):  # noqa: ANN201

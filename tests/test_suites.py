@@ -21,7 +21,14 @@ from awmtrace.cli import main
 from awmtrace.errors import FormatError, UsageError
 from awmtrace.io import hub
 from awmtrace.store import ResultsStore
-from awmtrace.suites import get_suite, load_suites, match_paper, run_suite, shipped_data_digests, suite_report
+from awmtrace.suites import (
+    get_suite,
+    load_suites,
+    match_paper,
+    run_suite,
+    shipped_data_digests,
+    suite_report,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer  # noqa: E402
@@ -37,9 +44,6 @@ PAPER_COUNTS = {
     "independent_pairs": 45,
     "independent_pairs_13b": 45,
 }
-
-
-# --------------------------------------------------------------------------- the paper's suites
 
 
 def test_the_nine_paper_suites_are_shipped_unchanged() -> None:
@@ -105,9 +109,6 @@ def test_bad_suites_files_give_one_line_errors(tmp_path: Path) -> None:
         assert "\n" not in str(info.value) and name in str(info.value)
     with pytest.raises(UsageError):
         get_suite("nope")
-
-
-# --------------------------------------------------------------------------- running a suite
 
 
 @pytest.fixture

@@ -15,7 +15,14 @@ import pytest
 import sentencepiece as spm
 import tiktoken
 import tiktoken.load
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+)
 
 from awmtrace.errors import VocabularyError
 from awmtrace.io.gguf_file import GGUFSource
@@ -112,9 +119,6 @@ def train_spm(model_type: str, **extra) -> bytes:
 def spm_models() -> dict[str, bytes]:
     specials = dict(control_symbols=["<ctl>"], user_defined_symbols=["<ud>"])
     return {kind: train_spm(kind, **specials) for kind in ("bpe", "unigram")}
-
-
-# --------------------------------------------------------------------------- each format against its own library
 
 
 def test_bytelevel_tokenizer_json_keys_are_what_the_library_decodes(tmp_path: Path) -> None:
@@ -327,7 +331,7 @@ def test_chatglm_ice_text_model(tmp_path: Path) -> None:
     assert v.keys[b"\t"] == proc.piece_to_id("<|tab|>") + 20000
     assert v.keys[b"   "] == proc.piece_to_id("<|blank_3|>") + 20000
     assert v.keys["[gMASK]"] == proc.piece_to_id("[gMASK]") + 20000 and v.keys["<sop>"] == proc.piece_to_id("<sop>") + 20000
-    assert v.keys[" hello".encode()] == plain.keys[b" hello"] + 20000
+    assert v.keys[b" hello"] == plain.keys[b" hello"] + 20000
     assert b"<n>" in plain.keys and "[gMASK]" not in plain.keys
 
     # A checkpoint whose embedding has only the SentencePiece rows dropped the image ids (ChatGLM-6B after April 2023).
@@ -374,9 +378,6 @@ def test_gguf_without_vocabulary_or_with_a_bad_one(tmp_path: Path) -> None:
         gguf_vocab(tmp_path / "ints.gguf")
 
 
-# --------------------------------------------------------------------------- across styles
-
-
 def cross_style_vocabs(tmp_path: Path) -> dict[str, tuple[Vocab, dict[bytes | str, int]]]:
     """The PIECES (plus a special ``<s>``) in six styles, each in its own order: (vocab, id of each piece)."""
     out: dict[str, tuple[Vocab, dict[bytes | str, int]]] = {}
@@ -419,7 +420,7 @@ def cross_style_vocabs(tmp_path: Path) -> dict[str, tuple[Vocab, dict[bytes | st
     # GGUF llama (SentencePiece pieces, <s> control, byte pieces typed BYTE).
     order = [*shuffled(PIECES, 5), "<s>"]
     tokens = [p if isinstance(p, str) else as_spm(p) for p in order]
-    types = [3 if isinstance(p, str) else 6 if t.startswith("<0x") else 1 for p, t in zip(order, tokens)]
+    types = [3 if isinstance(p, str) else 6 if t.startswith("<0x") else 1 for p, t in zip(order, tokens, strict=False)]
     out["gguf-llama"] = (gguf_vocab(write_gguf(tmp_path / "l.gguf", tokens, types, "llama")), {p: i for i, p in enumerate(order)})  # type: ignore[dict-item]
 
     # GGUF gpt2 (byte-level pieces).
@@ -440,7 +441,7 @@ def test_the_same_text_pieces_match_across_all_styles(tmp_path: Path) -> None:
             (va, ida), (vb, idb) = styles[na], styles[nb]
             got_a, got_b = shared_tokens(va, vb, va.size, vb.size)
             expected = sorted((ida[k], idb[k]) for k in ida.keys() & idb.keys())
-            assert list(zip(got_a.tolist(), got_b.tolist())) == expected, (na, nb)
+            assert list(zip(got_a.tolist(), got_b.tolist(), strict=False)) == expected, (na, nb)
             assert len(expected) >= len(PIECES) - 1
 
 
@@ -450,12 +451,12 @@ def test_special_tokens_only_match_special_tokens(tmp_path: Path) -> None:
     llama, ids_llama = styles["gguf-llama"]  # "<s>" is a control token there
     bl, ids_bl = styles["bytelevel-json"]  # "<s>" is a special added token there
     a, b = shared_tokens(vocab_json, llama, vocab_json.size, llama.size)
-    pairs = set(zip(a.tolist(), b.tolist()))
+    pairs = set(zip(a.tolist(), b.tolist(), strict=False))
     # The text "<s>" matches the other vocabulary's text "<s>", never its control token.
     assert (ids_json[b"<s>"], ids_llama[b"<s>"]) in pairs
     assert ids_llama["<s>"] not in b.tolist()
     a, b = shared_tokens(bl, llama, bl.size, llama.size)
-    assert (ids_bl["<s>"], ids_llama["<s>"]) in set(zip(a.tolist(), b.tolist()))
+    assert (ids_bl["<s>"], ids_llama["<s>"]) in set(zip(a.tolist(), b.tolist(), strict=False))
 
 
 def test_trained_sentencepiece_matches_a_byte_level_rendering_of_its_pieces(tmp_path: Path, spm_models: dict[str, bytes]) -> None:
@@ -474,7 +475,7 @@ def test_trained_sentencepiece_matches_a_byte_level_rendering_of_its_pieces(tmp_
     (tmp_path / "bl" / "vocab.json").write_text(json.dumps({as_bytelevel(t): j for j, t in enumerate(order)}))
     bl = load_vocab(tmp_path / "bl" / "vocab.json")
     a, b = shared_tokens(sp, bl, sp.size, bl.size)
-    assert sorted(zip(a.tolist(), b.tolist())) == sorted((texts[t], j) for j, t in enumerate(order))
+    assert sorted(zip(a.tolist(), b.tolist(), strict=False)) == sorted((texts[t], j) for j, t in enumerate(order))
 
 
 def test_wordpiece_and_sentencepiece_pieces_match(tmp_path: Path) -> None:
@@ -488,7 +489,7 @@ def test_wordpiece_and_sentencepiece_pieces_match(tmp_path: Path) -> None:
     tok.save(str(tmp_path / "sp" / "tokenizer.json"))
     a_vocab, b_vocab = load_vocab(tmp_path / "wp" / "vocab.txt"), load_vocab(tmp_path / "sp" / "tokenizer.json")
     a, b = shared_tokens(a_vocab, b_vocab, 100, 100)
-    pairs = {(wp[i], uni[j]) for i, j in zip(a.tolist(), b.tolist())}
+    pairs = {(wp[i], uni[j]) for i, j in zip(a.tolist(), b.tolist(), strict=False)}
     assert pairs == {
         ("hello", f"{SP}hello"),
         ("##ing", "ing"),
@@ -522,7 +523,7 @@ def test_shared_tokens_respects_embedding_rows(tmp_path: Path) -> None:
     assert a.dtype == np.int64 and b.dtype == np.int64
     assert list(a) == sorted(a) and len(set(a.tolist())) == len(a)
     expected = sorted((i, order.index(p)) for i, p in enumerate(PIECES) if i < 5 and order.index(p) < 8)
-    assert list(zip(a.tolist(), b.tolist())) == expected
+    assert list(zip(a.tolist(), b.tolist(), strict=False)) == expected
     empty = shared_tokens(va, vb, 0, 8)
     assert empty[0].shape == (0,) and empty[1].shape == (0,)
 
@@ -581,9 +582,6 @@ def test_large_vocab_loads_fast(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - t0
     assert len(ids_a) == 151643 + 3 and np.array_equal(ids_a, ids_b)
     assert elapsed < 3.0, f"loading and matching two 150k vocabularies took {elapsed:.2f}s"
-
-
-# --------------------------------------------------------------------------- bad files
 
 
 def _truncated(data: bytes) -> bytes:

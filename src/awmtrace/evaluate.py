@@ -100,9 +100,6 @@ class PairEntry:
         return f"{self.name_a} vs {self.name_b}"
 
 
-# --------------------------------------------------------------------------- loading
-
-
 def normalize_label(value: Any, where: str) -> str:
     """``related`` or ``independent`` from the spellings people use (1/0, true/false, positive/negative)."""
     text = str(value).strip().lower()
@@ -307,9 +304,6 @@ def load_labels(path: str | Path) -> dict[tuple[str, str], str]:
     return labels
 
 
-# --------------------------------------------------------------------------- ROC
-
-
 def _check_binary(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(positive, dtype=bool)
@@ -419,9 +413,6 @@ def best_threshold(scores: Sequence[float] | np.ndarray, positive: Sequence[bool
     tpr_t = float(np.mean(s[y] >= threshold))
     fpr_t = float(np.mean(s[~y] >= threshold))
     return {"threshold": threshold, "rule": rule, "margin": margin, "separable": margin > 0, "tpr": tpr_t, "fpr": fpr_t}
-
-
-# --------------------------------------------------------------------------- evaluation
 
 
 @dataclass(frozen=True)

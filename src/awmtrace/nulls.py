@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -200,7 +200,7 @@ def calibrate_null(
     provenance = {
         "kind": "calibrated from stored results of independent pairs",
         "built_by": f"awmtrace {__version__}",
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "from": where,
         "suites": suite_names,
         "tool_versions": versions,

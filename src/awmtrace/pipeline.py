@@ -23,12 +23,25 @@ from awmtrace.arch.resolve import read_attention, read_ffn, resolve
 from awmtrace.core import stats
 from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
 from awmtrace.core.backend import Backend, select_backend
-from awmtrace.errors import AwmError, InputNotFound, NumericalError, UsageError, VocabularyError
+from awmtrace.errors import (
+    AwmError,
+    InputNotFound,
+    NumericalError,
+    UsageError,
+    VocabularyError,
+)
 from awmtrace.io import TensorSource, open_source
 from awmtrace.io.base import RAW_DTYPES, read_raw_into
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
 from awmtrace.nulls import load_null
-from awmtrace.types import Alignment, FfnLayerScore, LayerScore, ModelView, NullModel, PairResult
+from awmtrace.types import (
+    Alignment,
+    FfnLayerScore,
+    LayerScore,
+    ModelView,
+    NullModel,
+    PairResult,
+)
 
 __all__ = [
     "Model",
@@ -125,9 +138,6 @@ def open_model(spec: str | Path, progress: Progress | None = None, *, ffn: bool 
     return Model(spec=str(spec), source=source, view=view, vocab=vocab, vocab_error=vocab_error)
 
 
-# --------------------------------------------------------------------------- alignment
-
-
 def _shared_ids(base: Model, other: Model, align: str, min_shared: int) -> tuple[np.ndarray, np.ndarray, str]:
     rows_b, rows_o = base.view.vocab_size, other.view.vocab_size
     if align == "ids":
@@ -219,9 +229,6 @@ def align_models(
         n_shared_tokens=int(total),
         method=method,
     )
-
-
-# --------------------------------------------------------------------------- scoring
 
 
 def _attention_names(model: Model, index: int) -> list[str]:

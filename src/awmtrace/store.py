@@ -256,8 +256,6 @@ class ResultsStore:
         # FULL: a committed result survives power loss too, not only a killed process.
         c.execute("PRAGMA synchronous = FULL")
 
-    # ----------------------------------------------------------- API
-
     def put(self, record: StoredRecord) -> None:
         """Store ``record`` (replacing one with the same key) in one transaction."""
         row = (
@@ -313,8 +311,6 @@ class ResultsStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # ----------------------------------------------------------- helpers
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         try:

@@ -31,7 +31,13 @@ from typing import Any
 
 from awmtrace.core.stats import adjust_p_values, rescore
 from awmtrace.errors import AwmError, FormatError, InputNotFound, StoreError, UsageError
-from awmtrace.store import DEFAULT_STORE, ResultsStore, StoredRecord, model_fingerprint, record_key
+from awmtrace.store import (
+    DEFAULT_STORE,
+    ResultsStore,
+    StoredRecord,
+    model_fingerprint,
+    record_key,
+)
 from awmtrace.types import NullModel
 
 __all__ = [
@@ -86,9 +92,6 @@ class Suite:
             "pairs": [{"a": a, "b": b, "repo_a": self.models.get(a), "repo_b": self.models.get(b)} for a, b in self.pairs],
             "source": self.source,
         }
-
-
-# --------------------------------------------------------------------------- loading
 
 
 def _data_file(name: str) -> Any:
@@ -170,9 +173,6 @@ def shipped_data_digests() -> dict[str, tuple[str, str]]:
     return out
 
 
-# --------------------------------------------------------------------------- the paper's |z|
-
-
 @dataclass(frozen=True)
 class PaperRow:
     """One row of the paper's |z| table (display names as the paper prints them)."""
@@ -237,9 +237,6 @@ def match_paper(suite: Suite, a: str, b: str, rows: Iterable[PaperRow] | None = 
             note = None if agrees else f"the paper lists {row.offspring} under base {row.base}"
             return PaperMatch(row, base, offspring, note)
     return PaperMatch(None, a, b)
-
-
-# --------------------------------------------------------------------------- running
 
 
 @dataclass(frozen=True)
@@ -365,7 +362,13 @@ def run_suite(
     ``on_pair`` is called after each pair, the result already committed.
     """
     from awmtrace import __version__
-    from awmtrace.pipeline import MIN_SHARED_TOKENS, Model, _parse_weights, compare_models, open_model
+    from awmtrace.pipeline import (
+        MIN_SHARED_TOKENS,
+        Model,
+        _parse_weights,
+        compare_models,
+        open_model,
+    )
 
     s = get_suite(suite, suites_file) if isinstance(suite, str) else suite
     kinds = _parse_weights(weights)
@@ -478,9 +481,6 @@ def _run_pair(
         raise StoreError(f"{db.path}: internal error: record key {record.key[:12]} differs from the planned {key[:12]}")
     db.put(record)
     return PairOutcome(i, total, a, b, "done", record)
-
-
-# --------------------------------------------------------------------------- reporting
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,17 @@ from typing import Any
 import click
 
 from awmtrace.cli import main
-from awmtrace.cli.common import console, emit_json, err_console, escape, friendly_errors, json_option, progress_reporter, quiet_option, table
+from awmtrace.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    escape,
+    friendly_errors,
+    json_option,
+    progress_reporter,
+    quiet_option,
+    table,
+)
 from awmtrace.core.backend import DEVICES
 from awmtrace.core.stats import Z_INCONCLUSIVE, Z_RELATED
 from awmtrace.pipeline import MIN_SHARED_TOKENS, compare_models, open_model

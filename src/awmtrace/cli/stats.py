@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from awmtrace.cli import main
-from awmtrace.cli.common import console, emit_json, err_console, escape, friendly_errors, json_option, table
+from awmtrace.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    escape,
+    friendly_errors,
+    json_option,
+    table,
+)
 from awmtrace.evaluate import FPR_TARGET, MAX_FPR
 from awmtrace.report.text import fmt_p
 

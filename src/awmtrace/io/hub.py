@@ -124,9 +124,6 @@ _DTYPE_BYTES = {
 }  # fmt: skip
 
 
-# --------------------------------------------------------------------------- ids and environment
-
-
 @dataclass(frozen=True)
 class RepoRef:
     """A Hub model repo and an optional revision (branch, tag or commit)."""
@@ -197,9 +194,6 @@ def cache_root() -> Path:
     return _hf_home() / "awmtrace"
 
 
-# --------------------------------------------------------------------------- results
-
-
 @dataclass(frozen=True)
 class FetchResult:
     """What :func:`fetch` did.
@@ -248,9 +242,6 @@ class FetchResult:
             "files": [dict(f) for f in self.files],
             "notes": list(self.notes),
         }
-
-
-# --------------------------------------------------------------------------- safetensors headers
 
 
 @dataclass(frozen=True)
@@ -348,9 +339,6 @@ class HeaderSource(TensorSource):
         raise FormatError(f"{self.path}: tensor {name!r} has not been fetched (header-only view of a Hub repo)")
 
 
-# --------------------------------------------------------------------------- transport
-
-
 def _norm_etag(value: str | None) -> str | None:
     if not value:
         return None
@@ -428,8 +416,6 @@ class _Hub:
         self.planned = 0
         self.done = 0
 
-    # ----------------------------------------------------------- errors
-
     def error(self, exc: BaseException, what: str) -> AwmError:
         """One line for a failed Hub call; ``what`` names the file or request."""
         import httpx2
@@ -474,8 +460,6 @@ class _Hub:
                 "check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use cached models"
             )
         return HubError(f"{repo}: {what} failed ({type(exc).__name__}: {_first_line(exc)})")
-
-    # ----------------------------------------------------------- calls
 
     def model_info(self) -> tuple[str, dict[str, _RemoteFile]]:
         """The commit the revision points at, and the repo's files."""
@@ -596,9 +580,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# --------------------------------------------------------------------------- plans
-
-
 @dataclass
 class _FilePlan:
     """One output file: a prefix we write (a new safetensors header, or nothing) and source ranges."""
@@ -658,9 +639,6 @@ def _tokenizer_file(files: dict[str, _RemoteFile]) -> str | None:
         if hits:
             return hits[0]
     return None
-
-
-# --------------------------------------------------------------------------- local cache
 
 
 def _repo_dir(root: Path, ref: RepoRef) -> Path:
@@ -772,9 +750,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------- fetching one file
 
 
 def _state_path(part_dir: Path, name: str) -> Path:
@@ -909,9 +884,6 @@ def _verify(hub: _Hub, plan: _FilePlan, part: Path, digest: str, state_file: Pat
         _discard(part, state_file)
         raise FormatError(f"{where}: the assembled file holds other tensors than planned; removed")
     return "header consistency; ranges: 206, Content-Range, length, ETag (sha256 of the whole file cannot be checked on ranges)"
-
-
-# --------------------------------------------------------------------------- the fetch
 
 
 def _choose_weights(ref: RepoRef, files: dict[str, _RemoteFile]) -> tuple[str, list[str], str | None]:

@@ -8,21 +8,28 @@ piling up layer after layer.
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import json
-import os
-import struct
 
 import ml_dtypes  # also registers numpy's 'bfloat16' dtype, which safetensors' numpy reader looks up by name
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from awmtrace.errors import FormatError, InputNotFound, MissingTensor
-from awmtrace.io.base import RAW_DTYPES, RawLayout, RowReader, TensorSource, read_json, read_raw_into, to_float32
+from awmtrace.io.base import (
+    RAW_DTYPES,
+    RawLayout,
+    RowReader,
+    TensorSource,
+    read_json,
+    read_raw_into,
+    to_float32,
+)
 
 __all__ = ["SafetensorsSource", "INDEX_NAME"]
 

@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from awmtrace.errors import FormatError, InputNotFound, MissingTensor, OptionalDependencyMissing, UnsafeCheckpoint
+from awmtrace.errors import (
+    FormatError,
+    InputNotFound,
+    MissingTensor,
+    OptionalDependencyMissing,
+    UnsafeCheckpoint,
+)
 from awmtrace.io.base import RowReader, TensorSource, read_json, to_float32
 
 __all__ = ["TorchBinSource", "BIN_INDEX_NAME", "import_torch"]

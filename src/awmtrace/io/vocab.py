@@ -242,9 +242,6 @@ def _read_json(path: Path, what: str) -> Any:
         raise VocabularyError(f"{path}: unreadable {what} (invalid or truncated JSON: {exc.msg} at line {exc.lineno})") from None
 
 
-# --------------------------------------------------------------------------- tokenizer.json
-
-
 def _component_types(*nodes: Any) -> set[str]:
     """Every ``type`` value in nested tokenizer.json components (``Sequence`` members included)."""
     found: set[str] = set()
@@ -367,9 +364,6 @@ def _from_tokenizer_json(path: Path) -> Vocab:
     return _finish(table, kind, f"{path.name} ({mtype if mtype == label else f'{mtype}, {label}'})", path)
 
 
-# --------------------------------------------------------------------------- sibling files of the other formats
-
-
 @dataclass
 class _Sidecars:
     """What transformers keeps next to a tokenizer file: added tokens and which strings are special."""
@@ -435,9 +429,6 @@ def _read_sidecars(folder: Path) -> _Sidecars:
 def _apply_added(table: _Table, sidecars: _Sidecars) -> None:
     for token_id, (content, special) in sidecars.added.items():
         table[token_id] = (content, _TEXT) if special or content in sidecars.special_names else (content.encode("utf-8"), _TEXT)
-
-
-# --------------------------------------------------------------------------- SentencePiece and tiktoken
 
 
 def _from_sentencepiece(path: Path, data: bytes, embedding_rows: int | None = None) -> Vocab:
@@ -510,9 +501,6 @@ def _from_tiktoken(path: Path, data: bytes) -> Vocab:
     return _finish(table, "tiktoken", f"{path.name} (tiktoken)", path)
 
 
-# --------------------------------------------------------------------------- vocab.json / vocab.txt
-
-
 def _from_vocab_json(path: Path) -> Vocab:
     data = _read_json(path, "vocab.json")
     if not isinstance(data, dict):
@@ -548,9 +536,6 @@ def _from_vocab_txt(path: Path) -> Vocab:
         table[i] = (piece, _TEXT) if piece in specials else norm(piece)
     _apply_added(table, sidecars)
     return _finish(table, "wordpiece", f"{path.name} (WordPiece)", path)
-
-
-# --------------------------------------------------------------------------- GGUF
 
 
 def _guess_normaliser(tokens: list[str]) -> tuple[str, Normaliser]:
@@ -596,9 +581,6 @@ def vocab_from_gguf(tokens: list[str], token_types: list[int] | None, model: str
         else:
             table[i] = norm(piece)
     return _finish(table, kind, f"{source} (GGUF tokenizer.ggml, model {model or 'unset'!r})", source)
-
-
-# --------------------------------------------------------------------------- entry points
 
 
 def find_tokenizer_file(folder: Path) -> Path | None:
