@@ -255,6 +255,7 @@ class _Sides:
         n_base = al.hidden_size_a if al.base == "a" else al.hidden_size_b
         self._gather = not (al.index.size == n_base and np.array_equal(al.index, np.arange(n_base)))
         self._flip = al.n_sign_flips > 0
+        self._sign_bits = np.where(al.signs < 0, 0x8000, 0).astype(np.uint16)
         self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
         self.read_s = 0.0
 
@@ -306,17 +307,23 @@ class _Sides:
             shape = (w.shape[0], self.al.index.size)
             w = np.take(w, self.al.index, axis=1, out=self._buffer(("gather", w.dtype, shape), shape, w.dtype))
         x = self._buffer(("x", side, role), w.shape, np.float32)
+        flip = not is_base and self._flip
         if dtype == "BF16":
+            # bf16 is the top half of a float32: widen, flipping the sign bit
+            # of the columns to negate in the same pass, then shift up.
             bits = x.view(np.uint32)
-            np.copyto(bits, w)
+            if flip:
+                np.bitwise_xor(w, self._sign_bits[None, :], out=bits)
+            else:
+                np.copyto(bits, w)
             np.left_shift(bits, 16, out=bits)
         else:
             np.copyto(x, w)
+            if flip:
+                np.multiply(x, self.al.signs[None, :], out=x)
         if not np.isfinite(x).all():
             bad = int(np.count_nonzero(~np.isfinite(x)))
             raise NumericalError(f"{where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
-        if not is_base and self._flip:
-            np.multiply(x, self.al.signs[None, :], out=x)
         return x.T
 
 
