@@ -44,7 +44,11 @@ from tokenizers import Tokenizer
 def load_model(folder: Path) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, dict[str, int]]:
     """All layers' (Q, K) and the embedding, as stored (bf16), plus the token -> id map."""
     index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
-    wanted = {name: file for name, file in index.items() if name.endswith(("q_proj.weight", "k_proj.weight")) or name == "model.embed_tokens.weight"}
+    wanted = {
+        name: file
+        for name, file in index.items()
+        if name.endswith(("q_proj.weight", "k_proj.weight")) or name == "model.embed_tokens.weight"
+    }
     tensors: dict[str, torch.Tensor] = {}
     for file in sorted(set(wanted.values())):
         with safe_open(str(folder / file), framework="pt") as fh:

@@ -135,7 +135,7 @@ def run_child(cmd: list[str], timeout: float) -> dict:
     # CPU time other processes took while this one ran: the load the timing shared the machine with.
     others = None if busy_before is None or busy_after is None else max(0.0, busy_after - busy_before - own_cpu)
     if proc.returncode != 0:
-        return {"error": (err.strip().splitlines() or ["exit status %d" % proc.returncode])[-1], "wall_s": wall}
+        return {"error": (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1], "wall_s": wall}
     try:
         payload = json.loads(out)
     except json.JSONDecodeError:
@@ -154,7 +154,9 @@ def measure(impl: str, a: Path, b: Path, timeout: float) -> dict:
         result = json.loads(out.stdout)
     except json.JSONDecodeError:
         result = {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
-    result.update({"impl": impl, "a": str(a), "b": str(b), "evicted": evicted, "cached_before": cached, "load_before": load, "load_after": _loadavg()})
+    result.update(
+        {"impl": impl, "a": str(a), "b": str(b), "evicted": evicted, "cached_before": cached, "load_before": load, "load_after": _loadavg()}
+    )
     return result
 
 
@@ -193,7 +195,7 @@ def child(a: str, b: str) -> int:
     result = compare(a, b, device="cpu", progress=progress)
     end = time.perf_counter() - t0
     stages = {}
-    for (stage, start), nxt in zip(marks, [*marks[1:], ("end", end)]):
+    for (stage, start), nxt in zip(marks, [*marks[1:], ("end", end)], strict=True):
         stages[stage] = stages.get(stage, 0.0) + nxt[1] - start
     print(
         json.dumps(

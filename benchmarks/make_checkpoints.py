@@ -118,7 +118,7 @@ class BaseWeights:
         g = _rng(self.seed, "embed")
         e = _normal(g, (s.vocab, s.hidden))
         rank = 32
-        e += (_normal(g, (s.vocab, rank)) @ (_normal(g, (rank, s.hidden)) * np.float32(0.6 / np.sqrt(rank))))
+        e += _normal(g, (s.vocab, rank)) @ (_normal(g, (rank, s.hidden)) * np.float32(0.6 / np.sqrt(rank)))
         e *= self.hidden_gain[None, :] * np.float32(0.02)
         return e
 
@@ -208,7 +208,13 @@ def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # noqa: ANN2
         p = f"model.layers.{i}."
         q, k = base.attention_pair(i)
         items = [("self_attn.q_proj", q, "reads"), ("self_attn.k_proj", k, "reads")]
-        for name, kind_ in (("self_attn.v_proj", "v"), ("self_attn.o_proj", "o"), ("mlp.gate_proj", "gate"), ("mlp.up_proj", "up"), ("mlp.down_proj", "down")):
+        for name, kind_ in (
+            ("self_attn.v_proj", "v"),
+            ("self_attn.o_proj", "o"),
+            ("mlp.gate_proj", "gate"),
+            ("mlp.up_proj", "up"),
+            ("mlp.down_proj", "down"),
+        ):
             items.append((name, base.other(i, kind_), "writes" if kind_ in ("o", "down") else "reads"))
         del q, k
         for name, w, side in items:

@@ -8,7 +8,9 @@ raw-read/gather/convert loop vs the plain read_attention loop.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,8 @@ from awmtrace import synth
 from awmtrace.core import cka
 from awmtrace.core.align import CosineAccumulator
 from awmtrace.errors import FormatError, NumericalError
-from awmtrace.io.base import read_raw_into
+from awmtrace.io import base as io_base
+from awmtrace.io.base import RawBuffer, read_raw_into
 from awmtrace.io.safetensors_dir import SafetensorsSource
 from awmtrace.pipeline import _Sides, compare, open_model
 from awmtrace.types import Alignment
@@ -110,6 +113,62 @@ def test_raw_reads_equal_the_safetensors_library(dtype_files: tuple[Path, dict[s
         np.testing.assert_array_equal(src.row_reader(name).take(np.array([5, 0, 23])), src.read(name)[[5, 0, 23]])
     assert src.raw_layout("i8") is None  # not a float type: callers fall back to read_many
     src.prefetch(["f32", "bf16"])  # a hint: must not fail
+
+
+@pytest.fixture(scope="module")
+def unaligned_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """Tensors at offsets that are not multiples of 4096, the last one ending mid-block at end of file."""
+    root = tmp_path_factory.mktemp("unaligned")
+    rng = np.random.default_rng(10)
+    tensors = {
+        "a": rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16),
+        "b": rng.standard_normal((70, 130)).astype(np.float32),
+        "c": rng.standard_normal((33, 1000)).astype(ml_dtypes.bfloat16),
+    }
+    save_file(tensors, str(root / "model.safetensors"))
+    return root / "model.safetensors", tensors
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_raw_buffer_reads_every_tensor_whatever_its_alignment(unaligned_file: tuple[Path, dict[str, np.ndarray]], direct: bool) -> None:
+    path, tensors = unaligned_file
+    src = SafetensorsSource(path)
+    buf = RawBuffer()
+    assert any(src.raw_layout(n).offset % io_base.DIRECT_ALIGN for n in tensors)  # type: ignore[union-attr]
+    for name in ("c", "a", "b", "c"):  # grow, shrink and reuse the buffer
+        got = buf.read(src.raw_layout(name), direct=direct)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(got.view(tensors[name].dtype), tensors[name])
+
+
+def test_raw_buffer_falls_back_when_o_direct_is_refused(
+    unaligned_file: tuple[Path, dict[str, np.ndarray]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, tensors = unaligned_file
+    real_open = os.open
+
+    def no_direct(p: object, flags: int, *args: object) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(p, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(io_base.os, "open", no_direct)
+    layout = SafetensorsSource(path).raw_layout("b")
+    np.testing.assert_array_equal(RawBuffer().read(layout, direct=True), tensors["b"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_truncated_tensor_in_a_raw_buffer_is_a_format_error(
+    unaligned_file: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, direct: bool
+) -> None:
+    path, _ = unaligned_file
+    cut = tmp_path / "model.safetensors"
+    cut.write_bytes(path.read_bytes())
+    layout = SafetensorsSource(cut).raw_layout("c")
+    assert layout is not None
+    with open(cut, "r+b") as fh:
+        fh.truncate(layout.offset + layout.nbytes - 100)
+    with pytest.raises(FormatError, match="truncated"):
+        RawBuffer().read(layout, direct=direct)
 
 
 def test_a_truncated_tensor_is_a_one_line_format_error(dtype_files: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
@@ -203,3 +262,35 @@ def test_pipeline_scores_and_timings_equal_with_and_without_raw_reads(
         assert f.score_q == pytest.approx(s.score_q, abs=1e-6)
         assert f.score_k == pytest.approx(s.score_k, abs=1e-6)
     assert fast.alignment == slow.alignment
+
+
+def test_a_failed_background_read_surfaces_as_the_reader_error(bf16_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    real_read = RawBuffer.read
+
+    def broken(self: RawBuffer, layout: object, direct: bool = False) -> np.ndarray:
+        if direct:  # only the background reads (layers after the first) fail
+            raise FormatError(f"{getattr(layout, 'path', '?')}: cannot read: Input/output error")
+        return real_read(self, layout, direct)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RawBuffer, "read", broken)
+    with pytest.raises(FormatError, match="Input/output error"):
+        compare(*bf16_pair, device="cpu")
+
+
+def test_prefetched_layers_equal_synchronous_reads(bf16_pair: tuple[Path, Path]) -> None:
+    a, b = (open_model(p) for p in bf16_pair)
+    al = _alignment(128, 11)
+    ahead, plain = _Sides(a, b, al), _Sides(a, b, al)
+    ahead.prefetch("a", 0)
+    ahead.prefetch("b", 0)
+    for i in range(3):
+        got = [x.copy() for x in (*ahead.samples("a", i), *ahead.samples("b", i))]
+        ahead.prefetch("a", i + 1)
+        ahead.prefetch("b", i + 1)
+        if i + 1 < 3:
+            assert ahead._pending["a"].index == i + 1  # read in the background
+        want = (*plain.samples("a", i), *plain.samples("b", i))
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    a.close()
+    b.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from awmtrace.errors import (
     VocabularyError,
 )
 from awmtrace.io import TensorSource, open_source
-from awmtrace.io.base import RAW_DTYPES, read_raw_into
+from awmtrace.io.base import RawBuffer, RawLayout
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
 from awmtrace.nulls import load_null
 from awmtrace.types import (
@@ -236,18 +237,49 @@ def _attention_names(model: Model, index: int) -> list[str]:
     return sorted({layer.q.name, layer.k.name})
 
 
+class _RawRead:
+    """Raw reads of one layer's tensors into their buffers, on a background thread.
+
+    File reads release the GIL and mostly wait on the disk, so the next
+    layer arrives while BLAS scores this one; :meth:`result` joins and
+    re-raises whatever the read raised.
+    """
+
+    def __init__(self, index: int, jobs: list[tuple[RawLayout, RawBuffer]]) -> None:
+        self.index = index
+        self._jobs = jobs
+        self._arrays: list[np.ndarray] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="awmtrace-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            # O_DIRECT: the disk fills the buffer without the CPU time a
+            # page-cache copy would take from the BLAS threads.
+            self._arrays = [buf.read(layout, direct=True) for layout, buf in self._jobs]
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> list[np.ndarray]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._arrays
+
+
 class _Sides:
     """Reads Q and K of a layer of either model, aligned, into float32 buffers reused from layer to layer.
 
     The base model's columns are gathered by the alignment index and the
     other model's are multiplied by the signs (index-and-sign, never a
     selection matmul). Plain safetensors tensors (F32/F16/BF16, not fused,
-    not transposed) are read with :func:`read_raw_into` into a reused buffer
-    and converted (and gathered, at 2 bytes per element for bf16) straight
-    into the float32 buffer; anything else goes through
-    :func:`read_attention`. Returned sample matrices ``(n_other, d_out)`` are
-    Fortran-ordered views, as SYRK wants, and stay valid until the next read
-    of the same model side.
+    not transposed) are read into reused :class:`RawBuffer` memory,
+    the next layer on a background thread (:meth:`prefetch`), and converted
+    (and gathered, at 2 bytes per element for bf16) straight into the
+    float32 buffer; anything else goes through :func:`read_attention`.
+    Returned sample matrices ``(n_other, d_out)`` are Fortran-ordered views,
+    as SYRK wants, and stay valid until the next read of the same model side.
     """
 
     def __init__(self, a: Model, b: Model, al: Alignment) -> None:
@@ -257,6 +289,8 @@ class _Sides:
         self._flip = al.n_sign_flips > 0
         self._sign_bits = np.where(al.signs < 0, 0x8000, 0).astype(np.uint16)
         self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
+        self._raw: dict[tuple[str, str], RawBuffer] = {}
+        self._pending: dict[str, _RawRead] = {}
         self.read_s = 0.0
 
     def _buffer(self, key: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -269,10 +303,37 @@ class _Sides:
     def model(self, side: str) -> Model:
         return self.a if side == "a" else self.b
 
-    def prefetch(self, side: str, index: int) -> None:
+    def _raw_jobs(self, side: str, index: int) -> list[tuple[RawLayout, RawBuffer]] | None:
+        """(layout, buffer) for Q and K when both can be read raw, else ``None``."""
         model = self.model(side)
-        if 0 <= index < model.view.n_layers:
+        layer = model.view.layers[index]
+        if any(r.part is not None or r.transposed for r in (layer.q, layer.k)):
+            return None
+        layouts = [model.source.raw_layout(r.name) for r in (layer.q, layer.k)]
+        if any(lay is None or len(lay.shape) != 2 for lay in layouts):
+            return None
+        return [
+            (lay, self._raw.setdefault((side, role), RawBuffer())) for role, lay in zip(("q", "k"), layouts, strict=True) if lay is not None
+        ]
+
+    def _wait(self, side: str) -> _RawRead | None:
+        """Join the read in flight for ``side`` (its buffers are about to be reused or used)."""
+        pending = self._pending.pop(side, None)
+        if pending is not None:
+            pending.result()
+        return pending
+
+    def prefetch(self, side: str, index: int) -> None:
+        """Start reading layer ``index`` of ``side`` (call after the previous layer's :meth:`samples`)."""
+        model = self.model(side)
+        if not 0 <= index < model.view.n_layers:
+            return
+        self._wait(side)
+        jobs = self._raw_jobs(side, index)
+        if jobs is None:
             model.source.prefetch(_attention_names(model, index))
+            return
+        self._pending[side] = _RawRead(index, jobs)
 
     def samples(self, side: str, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Aligned sample matrices of Q and K of layer ``index`` of model ``side`` (``"a"``/``"b"``)."""
@@ -281,14 +342,14 @@ class _Sides:
         layer = model.view.layers[index]
         is_base = side == self.al.base
         out = []
-        layouts = None
-        if not any(r.part is not None or r.transposed for r in (layer.q, layer.k)):
-            layouts = [model.source.raw_layout(r.name) for r in (layer.q, layer.k)]
-            if any(lay is None or len(lay.shape) != 2 for lay in layouts):
-                layouts = None
-        if layouts is not None:
-            for role, ref, lay in zip(("q", "k"), (layer.q, layer.k), layouts, strict=True):
-                raw = read_raw_into(lay, self._buffer(("raw", lay.dtype, lay.shape), lay.shape, RAW_DTYPES[lay.dtype]))
+        pending = self._wait(side)
+        jobs = self._raw_jobs(side, index)
+        if jobs is not None:
+            if pending is not None and pending.index == index:
+                raws = pending.result()
+            else:
+                raws = [buf.read(lay) for lay, buf in jobs]
+            for role, ref, (lay, _), raw in zip(("q", "k"), (layer.q, layer.k), jobs, raws, strict=True):
                 out.append(self._align(side, role, raw, is_base, lay.dtype, f"{lay.path}: tensor {ref.name!r}"))
         else:
             q, k = read_attention(model.source, model.view, layer)
@@ -333,7 +394,7 @@ def _score_same_depth(sides: _Sides, n_layers: int, backend: Backend, progress: 
     for i in range(n_layers):
         xq, xk = sides.samples("a", i)
         yq, yk = sides.samples("b", i)
-        # The OS reads layer i+1 while this one is scored.
+        # Layer i+1 is read while this one is scored.
         sides.prefetch("a", i + 1)
         sides.prefetch("b", i + 1)
         t0 = time.perf_counter()

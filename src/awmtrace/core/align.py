@@ -70,10 +70,7 @@ class CosineAccumulator:
         norm_o = np.sqrt(self._sq_other)
         norm_b = np.sqrt(self._sq_base)
         if (norm_o == 0).any() or (norm_b == 0).any():
-            raise NumericalError(
-                "a hidden dimension of the token embedding is all zero on the shared tokens; "
-                "it cannot be aligned"
-            )
+            raise NumericalError("a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned")
         cos = self._cross
         cos /= norm_o[:, None].astype(np.float32)
         cos /= norm_b[None, :].astype(np.float32)

@@ -103,9 +103,7 @@ def _check_samples(x: np.ndarray, name: str) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got shape {x.shape}")
     if x.shape[0] < 4:
-        raise NumericalError(
-            f"unbiased HSIC needs at least 4 samples (hidden dimensions); {name} has {x.shape[0]}"
-        )
+        raise NumericalError(f"unbiased HSIC needs at least 4 samples (hidden dimensions); {name} has {x.shape[0]}")
     if x.dtype != np.float32:
         x = x.astype(np.float32)
     return x
@@ -253,8 +251,7 @@ def cka_from_terms(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
     """CKA from the three HSIC values; raises when a matrix has no variance."""
     if not (hsic_xx > 0.0 and hsic_yy > 0.0):
         raise NumericalError(
-            "a weight matrix has no variance across hidden dimensions (unbiased HSIC <= 0); "
-            "the checkpoint is likely zeroed or constant"
+            "a weight matrix has no variance across hidden dimensions (unbiased HSIC <= 0); the checkpoint is likely zeroed or constant"
         )
     value = hsic_xy / np.sqrt(hsic_xx * hsic_yy)
     if not np.isfinite(value):
@@ -303,8 +300,7 @@ def unbiased_hsic_gram(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
     np.fill_diagonal(l, 0.0)
     one = np.ones(n)
     return float(
-        (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (one @ k @ l @ one))
-        / (n * (n - 3))
+        (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))
     )
 
 

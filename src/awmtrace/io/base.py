@@ -8,7 +8,9 @@ write next to the checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 
 from awmtrace.errors import FormatError, NumericalError
 
-__all__ = ["TensorSource", "RowReader", "RawLayout", "read_raw_into", "read_json", "to_float32"]
+__all__ = ["TensorSource", "RowReader", "RawLayout", "RawBuffer", "read_raw_into", "read_json", "to_float32"]
 
 #: Stored element types that :func:`read_raw_into` copies byte for byte.
 RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
@@ -65,6 +67,74 @@ def read_raw_into(layout: RawLayout, out: np.ndarray) -> np.ndarray:
     except OSError as exc:
         raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
     return out
+
+
+#: ``O_DIRECT`` wants file offsets, lengths and buffer addresses aligned to
+#: the device's logical block; 4096 bytes covers the common devices.
+DIRECT_ALIGN = 4096
+
+
+class RawBuffer:
+    """Reusable page-aligned memory that one tensor at a time is read into (see :meth:`read`)."""
+
+    def __init__(self) -> None:
+        self._mem = np.empty(0, dtype=np.uint8)
+
+    def _span(self, size: int) -> np.ndarray:
+        if self._mem.size < size:
+            raw = np.empty(size + DIRECT_ALIGN, dtype=np.uint8)
+            start = (-raw.ctypes.data) % DIRECT_ALIGN
+            self._mem = raw[start : start + size]
+        return self._mem[:size]
+
+    def read(self, layout: RawLayout, direct: bool = False) -> np.ndarray:
+        """The tensor as a ``layout.shape`` array of its stored type (``BF16`` as uint16 bits) viewing this buffer.
+
+        The array is valid until the next read. ``direct`` reads with
+        ``O_DIRECT`` where the file system allows it: the disk writes into
+        this buffer with no page-cache copy and almost no CPU, which is what
+        a read running beside busy BLAS threads should cost. Where it is not
+        allowed (``EINVAL``, e.g. tmpfs), an ordinary read is made.
+        """
+        dtype = RAW_DTYPES[layout.dtype]
+        if direct and hasattr(os, "O_DIRECT"):
+            start = layout.offset - layout.offset % DIRECT_ALIGN
+            need = layout.offset + layout.nbytes - start
+            span = self._span(-(-need // DIRECT_ALIGN) * DIRECT_ALIGN)
+            if self._read_direct(layout, start, span, need):
+                skip = layout.offset - start
+                return span[skip : skip + layout.nbytes].view(dtype).reshape(layout.shape)
+        span = self._span(layout.nbytes)
+        read_raw_into(layout, span)
+        return span.view(dtype).reshape(layout.shape)
+
+    @staticmethod
+    def _read_direct(layout: RawLayout, start: int, span: np.ndarray, need: int) -> bool:
+        """Fill ``span`` from ``start`` with ``O_DIRECT``; ``False`` when the file system refuses it."""
+        try:
+            fd = os.open(layout.path, os.O_RDONLY | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False
+            raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            view = memoryview(span)
+            done = 0
+            while done < need:
+                got = os.preadv(fd, [view[done:]], start + done)
+                if got <= 0 or (got % DIRECT_ALIGN and done + got < need):
+                    raise FormatError(
+                        f"{layout.path}: file ends {need - done - max(got, 0)} bytes short of a tensor at offset {layout.offset}; "
+                        "the file is truncated, download it again"
+                    )
+                done += got
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and done == 0:
+                return False
+            raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
+        return True
 
 
 class TensorSource(ABC):
