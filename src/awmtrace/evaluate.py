@@ -45,6 +45,7 @@ import numpy as np
 from awmtrace.core import stats
 from awmtrace.errors import FormatError, InputNotFound, StatsError, UsageError
 from awmtrace.nulls import is_cross_size, load_null
+from awmtrace.report.schema import finite_json
 from awmtrace.types import NullModel
 
 __all__ = [
@@ -636,17 +637,6 @@ def _float(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/Inf as ``None``, so the file is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _default_null() -> NullModel:
     return load_null(None)
 
@@ -679,7 +669,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> dict[str, P
         "roc": out / "roc.png",
         "scores": out / "scores.png",
     }
-    paths["evaluation"].write_text(json.dumps(_finite(evaluation.to_dict()), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    paths["evaluation"].write_text(json.dumps(finite_json(evaluation.to_dict()), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     with paths["z_table"].open("w", newline="", encoding="utf-8") as fh:
         cols = ["suite", "category", "a", "b", "score", "z", "abs_z", "p_value", "p_holm", "p_empirical", "verdict", "cross_size"]
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")

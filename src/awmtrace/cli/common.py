@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from rich.progress import (
 )
 
 from awmtrace.errors import AwmError
+from awmtrace.report.schema import finite_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,19 +83,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _finite(obj: Any) -> Any:
-    """Replace NaN/Inf by None so the output is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def dumps(obj: Any) -> str:
-    return json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False)
+    return json.dumps(finite_json(obj), indent=2, default=_json_default, allow_nan=False)
 
 
 def emit_json(obj: Any) -> None:

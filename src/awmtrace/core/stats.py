@@ -22,10 +22,10 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from statistics import NormalDist
 
 from awmtrace.errors import StatsError, UsageError
 from awmtrace.types import NullModel, Verdict

@@ -1,6 +1,22 @@
-"""Version of the JSON result schema (``schema_version`` in every result).
+"""The JSON result schema: its version (``schema_version`` in every result) and strict-JSON helpers.
 
-Bump it when a field changes meaning or disappears; adding fields does not.
+Bump the version when a field changes meaning or disappears; adding fields does not.
 """
 
+from __future__ import annotations
+
+import math
+from typing import Any
+
 SCHEMA_VERSION = 1
+
+
+def finite_json(obj: Any) -> Any:
+    """A copy of ``obj`` with NaN/Inf floats as ``None``, so it serialises as strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
