@@ -437,14 +437,23 @@ def _score_matched(sides: _Sides, la: int, lb: int, backend: Backend, progress: 
             score_k[i, j] = backend.cka_from_gram_terms(hk, tk)
         progress("scoring layers", n_shallow + j + 1, n_shallow + n_deep)
     del held
-    pairs = match_layers((score_q + score_k) / 2.0)
+    full = (score_q + score_k) / 2.0
     layers = []
-    for i, j in pairs:
+    for i, j in match_layers(full):
         ia, ib = (i, j) if a_shallow else (j, i)
         layers.append(LayerScore(ia, ib, float(score_q[i, j]), float(score_k[i, j])))
     layers.sort(key=lambda s: s.index_a)
-    full = (score_q + score_k) / 2.0
     return layers, (full if a_shallow else full.T)
+
+
+def _aligned_samples(w: np.ndarray, al: Alignment, is_base: bool) -> np.ndarray:
+    """``w``: float32 ``(d_out, hidden)`` -> aligned samples ``(n_other, d_out)``: base columns gathered, other's signed (in place)."""
+    if is_base:
+        if not (al.is_identity and al.index.size == w.shape[1]):
+            w = np.take(w, al.index, axis=1)
+    elif al.n_sign_flips:
+        w *= al.signs[None, :]
+    return w.T
 
 
 def _score_ffn(
@@ -466,17 +475,8 @@ def _score_ffn(
                 mats = read_ffn(model.source, model.view, model.view.layers[ls.index_a if side == "a" else ls.index_b], weight)
                 model.source.release()
                 is_base = (side == "a") == (al.base == "a")
-                side_terms = []
-                for expert, w in mats:
-                    if is_base:
-                        x = w[:, al.index] if not (al.is_identity and al.index.size == w.shape[1]) else w
-                    else:
-                        if al.n_sign_flips:
-                            w *= al.signs[None, :]
-                        x = w
-                    side_terms.append((expert, backend.gram_terms(x.T)))
-                    del w, x
-                terms[side] = side_terms
+                terms[side] = [(expert, backend.gram_terms(_aligned_samples(w, al, is_base))) for expert, w in mats]
+                del mats
             best: tuple[float, int | None, int | None] | None = None
             for ea, ta in terms["a"]:
                 for eb, tb in terms["b"]:
@@ -505,7 +505,8 @@ def _parse_weights(weights: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _wants_ffn(weights: str | Iterable[str]) -> bool:
+def wants_ffn(weights: str | Iterable[str]) -> bool:
+    """Whether ``weights`` (as ``--weights`` takes it) asks for FFN scores, i.e. FFN tensors must be read."""
     return bool({"up", "gate"} & set(_parse_weights(weights))) if weights else False
 
 
@@ -583,7 +584,7 @@ def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
     ``min_shared_tokens``, ``z_related``, ``z_inconclusive``, ``progress``.
     """
     progress = options.get("progress")
-    ffn = _wants_ffn(options.get("weights", ()))
+    ffn = wants_ffn(options.get("weights", ()))
     with open_model(a, progress, ffn=ffn) as ma, open_model(b, progress, ffn=ffn) as mb:
         return compare_models(ma, mb, **options)
 
@@ -598,7 +599,7 @@ def compare_many(pairs: Iterable[tuple[str | Path, str | Path]], **options: Any)
         for a, b in pairs:
             for spec in (a, b):
                 if str(spec) not in opened:
-                    opened[str(spec)] = open_model(spec, progress, ffn=_wants_ffn(options.get("weights", ())))
+                    opened[str(spec)] = open_model(spec, progress, ffn=wants_ffn(options.get("weights", ())))
             results.append(compare_models(opened[str(a)], opened[str(b)], **options))
         return results
     finally:

@@ -368,6 +368,7 @@ def run_suite(
         _parse_weights,
         compare_models,
         open_model,
+        wants_ffn,
     )
 
     s = get_suite(suite, suites_file) if isinstance(suite, str) else suite
@@ -377,7 +378,7 @@ def run_suite(
     if align not in ("vocab", "ids"):
         raise UsageError(f"align must be 'vocab' or 'ids', got {align!r}")
     options = {"weights": list(kinds), "align": align, "min_shared_tokens": min_tokens, "null": null_id}
-    ffn = any(k in ("up", "gate") for k in kinds)
+    ffn = wants_ffn(kinds)
     progress = progress or (lambda stage, done, total: None)
     notify = on_pair or (lambda outcome: None)
 

@@ -23,7 +23,7 @@ from awmtrace.cli.common import (
 )
 from awmtrace.core.backend import DEVICES
 from awmtrace.core.stats import Z_INCONCLUSIVE, Z_RELATED
-from awmtrace.pipeline import MIN_SHARED_TOKENS, compare_models, open_model
+from awmtrace.pipeline import MIN_SHARED_TOKENS, compare_models, open_model, wants_ffn
 from awmtrace.types import PairResult
 
 _VERDICT_STYLE = {"related": "bold red", "inconclusive": "bold yellow", "independent": "bold green"}
@@ -177,7 +177,7 @@ def compare(
 ) -> None:
     """Score how likely B derives from A (each a directory, .safetensors, .gguf, .bin, or Hub id org/name[@rev])."""
     with progress_reporter(quiet) as progress:
-        ffn = any(w.strip() in ("up", "gate") for w in weights.split(","))
+        ffn = wants_ffn(weights)
         with open_model(model_a, progress, ffn=ffn) as ma, open_model(model_b, progress, ffn=ffn) as mb:
             result = compare_models(
                 ma,
