@@ -151,8 +151,7 @@ class HubServer:
         """Serve ``files`` (name -> bytes or :class:`RepoFile`) as ``repo_id`` at a fresh commit."""
         commit = hashlib.sha1(f"{repo_id}:{len(self.repos)}:{sorted(files)}".encode()).hexdigest()
         built = {
-            name: (f if isinstance(f, RepoFile) else RepoFile.from_bytes(f, lfs=name.endswith(LFS_SUFFIXES)))
-            for name, f in files.items()
+            name: (f if isinstance(f, RepoFile) else RepoFile.from_bytes(f, lfs=name.endswith(LFS_SUFFIXES))) for name, f in files.items()
         }
         repo = Repo(repo_id, commit, built, {"main": commit, **(branches or {})}, gated, set(tokens))
         self.repos[repo_id] = repo

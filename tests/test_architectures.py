@@ -59,9 +59,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "llava-1.5-hf (transformers >= 4.52 names)": llama_like(
         "model.language_model.", "llama", "model.language_model.embed_tokens.weight", 4, 4, 16
     ),
-    "video-llava-7b-hf": llama_like(
-        "language_model.model.", "llama", "language_model.model.embed_tokens.weight", 4, 4, 16
-    ),
+    "video-llava-7b-hf": llama_like("language_model.model.", "llama", "language_model.model.embed_tokens.weight", 4, 4, 16),
     "llava-v1.5 (original LLaVA code)": llama_like("model.", "llama", "model.embed_tokens.weight", 4, 4, 16),
     "llama-moe-v1": llama_like(
         "model.",
@@ -459,9 +457,7 @@ def test_a_checkpoint_compared_with_itself_scores_one(example_id: str, tmp_path:
 def write_hf(folder: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
-    save_file(
-        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(folder / "model.safetensors")
-    )
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(folder / "model.safetensors"))
     return folder
 
 
@@ -495,16 +491,12 @@ def test_unrecognisable_names_list_the_tensors_seen(tmp_path: Path) -> None:
         {"architectures": ["AlienForCausalLM"]},
         {"blob.alpha": np.zeros((4, 4)), "blob.beta": np.zeros(4)},
     )
-    with pytest.raises(
-        UnsupportedArchitecture, match=r"unknown architecture 'AlienForCausalLM'.*blob\.alpha, blob\.beta"
-    ):
+    with pytest.raises(UnsupportedArchitecture, match=r"unknown architecture 'AlienForCausalLM'.*blob\.alpha, blob\.beta"):
         resolve_dir(folder)
 
 
 def test_undeclared_architecture_with_separate_qk_resolves_by_names(tmp_path: Path) -> None:
-    folder = write_hf(
-        tmp_path / "m", {"architectures": ["SomeNewForCausalLM"], "num_attention_heads": 4}, llama_tensors()
-    )
+    folder = write_hf(tmp_path / "m", {"architectures": ["SomeNewForCausalLM"], "num_attention_heads": 4}, llama_tensors())
     view = resolve_dir(folder)
     assert view.family == "llama" and view.n_kv_heads == 2
     assert any("not in the table" in note for note in view.notes)
@@ -569,9 +561,7 @@ def test_fused_qkv_rows_that_do_not_fit_the_heads_are_refused(tmp_path: Path) ->
 def test_a_missing_q_names_the_layer_and_its_tensors(tmp_path: Path) -> None:
     tensors = llama_tensors()
     del tensors["model.layers.1.self_attn.q_proj.weight"]
-    with pytest.raises(
-        MissingTensor, match=r"layer 1 has no attention Q and K.*model\.layers\.1\.self_attn\.k_proj\.weight"
-    ):
+    with pytest.raises(MissingTensor, match=r"layer 1 has no attention Q and K.*model\.layers\.1\.self_attn\.k_proj\.weight"):
         resolve_dir(write_hf(tmp_path / "m", LLAMA_CONFIG, tensors))
 
 
@@ -650,9 +640,7 @@ def test_kv_heads_follow_the_k_shape_when_the_config_disagrees(tmp_path: Path) -
     assert any("config gives 4 KV heads" in note for note in view.notes)
 
 
-def write_gguf(
-    path: Path, arch: str, heads: tuple[int, int | None], tensors: dict[str, np.ndarray], n_layers: int = 2
-) -> Path:
+def write_gguf(path: Path, arch: str, heads: tuple[int, int | None], tensors: dict[str, np.ndarray], n_layers: int = 2) -> Path:
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(n_layers)
     w.add_embedding_length(HIDDEN)
@@ -679,9 +667,7 @@ def gguf_model(tmp_path: Path, arch: str, nh: int, nkv: int, fused: bool, extra:
         if fused:
             tensors[f"blk.{i}.attn_qkv.weight"] = np.concatenate([q[i], k[i], v])
         else:
-            tensors.update(
-                {f"blk.{i}.attn_q.weight": q[i], f"blk.{i}.attn_k.weight": k[i], f"blk.{i}.attn_v.weight": v}
-            )
+            tensors.update({f"blk.{i}.attn_q.weight": q[i], f"blk.{i}.attn_k.weight": k[i], f"blk.{i}.attn_v.weight": v})
         tensors[f"blk.{i}.attn_norm.weight"] = np.ones(HIDDEN)
     tensors.update(extra or {})
     return write_gguf(tmp_path / f"{arch}.gguf", arch, (nh, nkv), tensors), q, k
@@ -720,9 +706,7 @@ def test_gguf_fused_gate_up_and_stacked_experts(tmp_path: Path) -> None:
         assert dict(read_ffn(source, view, view.layers[0], "gate"))[None].tolist() == gate.tolist()
     experts = rng.standard_normal((4, D_FF, HIDDEN)).astype(np.float32)
     shared = rng.standard_normal((D_FF, HIDDEN)).astype(np.float32)
-    extra = {f"blk.{i}.ffn_up_exps.weight": experts for i in range(2)} | {
-        f"blk.{i}.ffn_up_shexp.weight": shared for i in range(2)
-    }
+    extra = {f"blk.{i}.ffn_up_exps.weight": experts for i in range(2)} | {f"blk.{i}.ffn_up_shexp.weight": shared for i in range(2)}
     path, _, _ = gguf_model(tmp_path, "qwen2moe", 4, 4, False, extra)
     with open_source(path) as source:
         view = resolve(source)

@@ -210,10 +210,7 @@ def test_labels_file_formats_and_errors(tmp_path: Path) -> None:
 
 
 def _items() -> list[dict[str, object]]:
-    return [
-        {"name_a": e.name_a, "name_b": e.name_b, "label": e.label, "suite": e.suite, "result": e.result}
-        for e in _worked_entries()
-    ]
+    return [{"name_a": e.name_a, "name_b": e.name_b, "label": e.label, "suite": e.suite, "result": e.result} for e in _worked_entries()]
 
 
 def test_load_pairs_reads_json_lists_lines_and_demo_output(tmp_path: Path) -> None:
@@ -225,10 +222,14 @@ def test_load_pairs_reads_json_lists_lines_and_demo_output(tmp_path: Path) -> No
         pairs = load_pairs(path)
         assert len(pairs) == 7 and pairs[0].label == "related" and pairs[0].score == 0.9
     bare = tmp_path / "bare.json"  # `awm compare --json` output carrying labels at top level
-    bare.write_text(json.dumps([{**i["result"], "a": {"spec": "A"}, "b": {"spec": f"B{n}"}, "label": i["label"]} for n, i in enumerate(_items())]))
+    bare.write_text(
+        json.dumps([{**i["result"], "a": {"spec": "A"}, "b": {"spec": f"B{n}"}, "label": i["label"]} for n, i in enumerate(_items())])
+    )
     assert {p.name_a for p in load_pairs(bare)} == {"A"}
     demo = tmp_path / "demo.json"  # `awm demo --json`
-    demo.write_text(json.dumps([{"member": "kid", "relation": "x", "expected_related": True, "result": {"score": 0.9, "a": {"spec": "base"}}}]))
+    demo.write_text(
+        json.dumps([{"member": "kid", "relation": "x", "expected_related": True, "result": {"score": 0.9, "a": {"spec": "base"}}}])
+    )
     (p,) = load_pairs(demo)
     assert (p.name_a, p.name_b, p.label) == ("base", "kid", "related")
     assert len(load_pairs(as_list, suites=["s"])) == 7

@@ -41,7 +41,12 @@ def write_mixtral(dense: synth.SynthModel, folder: Path, seed: int) -> Path:
             tensors[x + "w2.weight"] = dense.down[i]
     folder.mkdir(parents=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    config = dense.config() | {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "num_local_experts": N_EXPERTS, "num_experts_per_tok": 2}
+    config = dense.config() | {
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        "num_local_experts": N_EXPERTS,
+        "num_experts_per_tok": 2,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     synth.write_tokenizer_json(dense.tokens, folder / "tokenizer.json")
     return folder
@@ -55,7 +60,9 @@ def moe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "dense": synth.write_hf(dense, root / "dense"),
         "moe": write_mixtral(moved, root / "moe", seed=32),
-        "stranger": synth.write_hf(synth.random_llama(hidden=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab=1024, seed=33), root / "stranger"),
+        "stranger": synth.write_hf(
+            synth.random_llama(hidden=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab=1024, seed=33), root / "stranger"
+        ),
     }
 
 

@@ -80,7 +80,21 @@ def test_json_result_holds_every_decision(results: dict) -> None:
     d = results["depth"].to_dict()
     text = json.dumps(d, allow_nan=False)
     back = json.loads(text)
-    for key in ("schema_version", "score", "score_q", "score_k", "layers", "alignment", "layer_matching", "z", "p_value", "verdict", "a", "b", "null"):
+    for key in (
+        "schema_version",
+        "score",
+        "score_q",
+        "score_k",
+        "layers",
+        "alignment",
+        "layer_matching",
+        "z",
+        "p_value",
+        "verdict",
+        "a",
+        "b",
+        "null",
+    ):
         assert key in back, key
     for key in ("hidden_size_a", "hidden_size_b", "base", "n_shared_tokens", "n_sign_flips", "method"):
         assert key in back["alignment"], key

@@ -54,15 +54,11 @@ def test_layouts_coincide_where_the_documentation_says() -> None:
     w = rng.standard_normal(((nh + 2) * hd, D_IN)).astype(np.float32)
     # One KV head: kv_group is contiguous.
     for part in ("q", "k"):
-        np.testing.assert_array_equal(
-            split_qkv(w, "kv_group", part, nh, 1, hd), split_qkv(w, "contiguous", part, nh, 1, hd)
-        )
+        np.testing.assert_array_equal(split_qkv(w, "kv_group", part, nh, 1, hd), split_qkv(w, "contiguous", part, nh, 1, hd))
     # As many KV heads as query heads: kv_group is per_head.
     w = rng.standard_normal((3 * nh * hd, D_IN)).astype(np.float32)
     for part in ("q", "k"):
-        np.testing.assert_array_equal(
-            split_qkv(w, "kv_group", part, nh, nh, hd), split_qkv(w, "per_head", part, nh, nh, hd)
-        )
+        np.testing.assert_array_equal(split_qkv(w, "kv_group", part, nh, nh, hd), split_qkv(w, "per_head", part, nh, nh, hd))
 
 
 def test_layouts_disagree_on_real_packings() -> None:

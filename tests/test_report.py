@@ -24,8 +24,7 @@ def _result(depths: tuple[int, int] = (4, 4), spec_b: str = "child") -> dict[str
     la, lb = depths
     pairs = [[0, 0], [1, 1], [3, 2]] if la != lb else [[i, i] for i in range(la)]
     layers = [
-        {"index_a": a, "index_b": b, "score_q": 0.9 - 0.1 * a, "score_k": 0.8 - 0.05 * a, "score": (1.7 - 0.15 * a) / 2}
-        for a, b in pairs
+        {"index_a": a, "index_b": b, "score_q": 0.9 - 0.1 * a, "score_k": 0.8 - 0.05 * a, "score": (1.7 - 0.15 * a) / 2} for a, b in pairs
     ]
     matching: dict[str, object] = {"method": "identity" if la == lb else "lap", "n_layers_a": la, "n_layers_b": lb, "pairs": pairs}
     if la != lb:
@@ -33,20 +32,50 @@ def _result(depths: tuple[int, int] = (4, 4), spec_b: str = "child") -> dict[str
     return {
         "schema_version": 1,
         "tool": {"name": "awmtrace", "version": "0.1.0"},
-        "a": {"spec": "/models/base", "path": "/models/base", "format": "safetensors", "architecture": "LlamaForCausalLM", "hidden_size": 64, "n_layers": la},
+        "a": {
+            "spec": "/models/base",
+            "path": "/models/base",
+            "format": "safetensors",
+            "architecture": "LlamaForCausalLM",
+            "hidden_size": 64,
+            "n_layers": la,
+        },
         "b": {"spec": spec_b, "path": spec_b, "format": "gguf", "architecture": "llama", "hidden_size": 64, "n_layers": lb},
         "score": 0.71234,
         "score_q": 0.76543,
         "score_k": 0.65931,
         "layers": layers,
-        "alignment": {"method": "vocab", "base": "a", "hidden_size_a": 64, "hidden_size_b": 64, "n_shared_tokens": 1234, "n_sign_flips": 7, "identity": False, "mean_abs_cosine": 0.93},
+        "alignment": {
+            "method": "vocab",
+            "base": "a",
+            "hidden_size_a": 64,
+            "hidden_size_b": 64,
+            "n_shared_tokens": 1234,
+            "n_sign_flips": 7,
+            "identity": False,
+            "mean_abs_cosine": 0.93,
+        },
         "layer_matching": matching,
         "ffn": None,
         "z": 253.06786,
         "p_value": 0.0,
         "p_empirical": None,
-        "verdict": {"label": "related", "rule": "related if z >= 5; inconclusive if 3 <= z < 5; else independent", "statistic": "z", "thresholds": {"related": 5.0, "inconclusive": 3.0}},
-        "null": {"name": "paper-independent-90", "mean": 0.00375, "std": 0.0028, "n": 90, "has_raw_scores": False, "empirical_resolution": None, "provenance": {"source": "the paper"}, "source": "awmtrace:nulls/paper"},
+        "verdict": {
+            "label": "related",
+            "rule": "related if z >= 5; inconclusive if 3 <= z < 5; else independent",
+            "statistic": "z",
+            "thresholds": {"related": 5.0, "inconclusive": 3.0},
+        },
+        "null": {
+            "name": "paper-independent-90",
+            "mean": 0.00375,
+            "std": 0.0028,
+            "n": 90,
+            "has_raw_scores": False,
+            "empirical_resolution": None,
+            "provenance": {"source": "the paper"},
+            "source": "awmtrace:nulls/paper",
+        },
         "device": "cpu",
         "elapsed_s": 1.5,
         "notes": ["a note with <angle> & ampersand"],

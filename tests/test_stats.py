@@ -135,7 +135,15 @@ def test_default_null_is_the_papers_published_summary() -> None:
 
 
 def _null_dict(**over: object) -> dict[str, object]:
-    d: dict[str, object] = {"format": "awmtrace-null", "format_version": 1, "name": "t", "mean": 0.0, "std": 0.01, "n": 3, "scores": [0.0, 0.01, -0.01]}
+    d: dict[str, object] = {
+        "format": "awmtrace-null",
+        "format_version": 1,
+        "name": "t",
+        "mean": 0.0,
+        "std": 0.01,
+        "n": 3,
+        "scores": [0.0, 0.01, -0.01],
+    }
     d.update(over)
     return d
 
@@ -160,7 +168,17 @@ def test_null_files_are_validated(tmp_path: Path) -> None:
         load_null(bad)
 
 
-def _rec(a: str, b: str, score: float, label: str | None = "independent", suite: str = "independent_pairs", ha: int = 64, hb: int = 64, la: int = 4, lb: int = 4) -> SimpleNamespace:
+def _rec(
+    a: str,
+    b: str,
+    score: float,
+    label: str | None = "independent",
+    suite: str = "independent_pairs",
+    ha: int = 64,
+    hb: int = 64,
+    la: int = 4,
+    lb: int = 4,
+) -> SimpleNamespace:
     result = {
         "score": score,
         "alignment": {"hidden_size_a": ha, "hidden_size_b": hb},

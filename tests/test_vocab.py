@@ -281,7 +281,9 @@ def test_tiktoken_text_in_a_model_file_is_sniffed(tmp_path: Path) -> None:
         folder = tmp_path / name.split(".")[0]
         folder.mkdir()
         (folder / name).write_bytes(text)
-        config = {"added_tokens_decoder": {"256": {"content": "<|endoftext|>", "special": True}, "257": {"content": "<sop>", "special": False}}}
+        config = {
+            "added_tokens_decoder": {"256": {"content": "<|endoftext|>", "special": True}, "257": {"content": "<sop>", "special": False}}
+        }
         (folder / "tokenizer_config.json").write_text(json.dumps(config))
         assert find_tokenizer_file(folder) == folder / name
         v = load_vocab(folder / name)

@@ -46,7 +46,10 @@ def write_demo_family(folder: Path, hidden: int = 256, n_layers: int = 6, vocab:
             "independent",
             "another seed",
             False,
-            synth.write_hf(synth.random_llama(hidden=hidden, n_layers=n_layers, n_heads=8, n_kv_heads=4, vocab=vocab, seed=1234), folder / "independent"),
+            synth.write_hf(
+                synth.random_llama(hidden=hidden, n_layers=n_layers, n_heads=8, n_kv_heads=4, vocab=vocab, seed=1234),
+                folder / "independent",
+            ),
         ),
     ]
     return [DemoMember(n, r, rel, p) for n, r, rel, p in members]

@@ -280,7 +280,7 @@ def load_labels(path: str | Path) -> dict[tuple[str, str], str]:
             raise FormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         items = data.get("pairs") if isinstance(data, dict) else data
         if not isinstance(items, list):
-            raise FormatError(f"{path}: expected a list of {{\"a\", \"b\", \"label\"}} objects (or one under \"pairs\")")
+            raise FormatError(f'{path}: expected a list of {{"a", "b", "label"}} objects (or one under "pairs")')
         for i, item in enumerate(items, 1):
             if not isinstance(item, dict):
                 raise FormatError(f"{path}: entry {i} is not an object with a, b and label")
@@ -314,9 +314,7 @@ def _check_binary(scores: Sequence[float] | np.ndarray, positive: Sequence[bool]
         raise StatsError("scores must be finite numbers")
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
-        raise StatsError(
-            f"need both related and independent pairs for a ROC curve; found {n_pos} related and {n_neg} independent"
-        )
+        raise StatsError(f"need both related and independent pairs for a ROC curve; found {n_pos} related and {n_neg} independent")
     return s, y
 
 
@@ -534,9 +532,7 @@ def evaluate(
             shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
             notes.append(f"{len(unused)} labelled pair(s) have no stored result: {shown}")
     if not labelled:
-        raise StatsError(
-            f"none of the {len(unique)} results has a label; pass --labels FILE (CSV or JSON with a, b, label)"
-        )
+        raise StatsError(f"none of the {len(unique)} results has a label; pass --labels FILE (CSV or JSON with a, b, label)")
     rows = []
     nulls_seen = set()
     for e, label in labelled:

@@ -41,7 +41,7 @@ NULL_FORMAT_VERSION = 1
 def null_from_dict(data: dict[str, Any], source: str) -> NullModel:
     """Validate a parsed null file and build a :class:`NullModel`."""
     if not isinstance(data, dict) or data.get("format") != NULL_FORMAT:
-        raise StatsError(f"{source}: not an awmtrace null file (expected \"format\": \"{NULL_FORMAT}\")")
+        raise StatsError(f'{source}: not an awmtrace null file (expected "format": "{NULL_FORMAT}")')
     if int(data.get("format_version", 0)) > NULL_FORMAT_VERSION:
         raise StatsError(
             f"{source}: null file format {data.get('format_version')} is newer than this awmtrace "
@@ -188,7 +188,9 @@ def calibrate_null(
     mean = math.fsum(scores) / len(scores)
     std = math.sqrt(math.fsum((s - mean) ** 2 for s in scores) / (len(scores) - 1))
     if not std > 0:
-        raise StatsError(f"{where}: all {len(scores)} independent pairs score {scores[0]:.6g}; a null with no variance cannot give z-scores")
+        raise StatsError(
+            f"{where}: all {len(scores)} independent pairs score {scores[0]:.6g}; a null with no variance cannot give z-scores"
+        )
     suite_names = sorted({str(r["suite"]) for r in rows if r["suite"] is not None} | set(suites))
     cross = [f"{r['a']} vs {r['b']}" for r in rows if r["cross_size"]]
     notes = []

@@ -144,8 +144,7 @@ def _shared_ids(base: Model, other: Model, align: str, min_shared: int) -> tuple
     if align == "ids":
         if rows_b != rows_o:
             raise UsageError(
-                f"--align ids needs embeddings with the same number of rows; {base.spec} has {rows_b}, "
-                f"{other.spec} has {rows_o}"
+                f"--align ids needs embeddings with the same number of rows; {base.spec} has {rows_b}, {other.spec} has {rows_o}"
             )
         ids = np.arange(rows_b, dtype=np.int64)
         return ids, ids, "ids"
@@ -160,9 +159,7 @@ def _shared_ids(base: Model, other: Model, align: str, min_shared: int) -> tuple
                 if rows_b == rows_o
                 else ""
             )
-            raise VocabularyError(
-                f"{m.spec}: no tokenizer found (looked for {', '.join(TOKENIZER_FILES)} or GGUF metadata){hint}"
-            )
+            raise VocabularyError(f"{m.spec}: no tokenizer found (looked for {', '.join(TOKENIZER_FILES)} or GGUF metadata){hint}")
     assert base.vocab is not None and other.vocab is not None
     ids_b, ids_o = shared_tokens(base.vocab, other.vocab, rows_b, rows_o)
     if ids_b.size < min_shared:
@@ -533,9 +530,7 @@ def compare_models(
     al = align_models(a, b, align, min_shared_tokens, progress)
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
-        notes.append(
-            f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable"
-        )
+        notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
     sides = _Sides(a, b, al)
     la, lb = a.view.n_layers, b.view.n_layers
     if la == lb:

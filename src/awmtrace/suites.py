@@ -105,7 +105,7 @@ def _meta() -> dict[str, Any]:
 
 def _parse_suites(data: Any, source: str, meta: dict[str, Any]) -> dict[str, Suite]:
     def bad(problem: str) -> FormatError:
-        return FormatError(f"{source}: {problem} (expected {{\"suites\": {{NAME: {{\"models\": {{...}}, \"pairs\": [[a, b], ...]}}}}}})")
+        return FormatError(f'{source}: {problem} (expected {{"suites": {{NAME: {{"models": {{...}}, "pairs": [[a, b], ...]}}}}}})')
 
     if not isinstance(data, dict) or not isinstance(data.get("suites"), dict):
         raise bad("no 'suites' object")

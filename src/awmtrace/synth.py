@@ -20,7 +20,17 @@ import numpy as np
 
 from awmtrace.io.vocab import bytes_to_unicode
 
-__all__ = ["SynthModel", "random_llama", "drift", "permute_hidden", "prune_width", "prune_depth", "write_hf", "write_gguf", "byte_level_vocab"]
+__all__ = [
+    "SynthModel",
+    "random_llama",
+    "drift",
+    "permute_hidden",
+    "prune_width",
+    "prune_depth",
+    "write_hf",
+    "write_gguf",
+    "byte_level_vocab",
+]
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qu", "do", "fe", "gi", "hu", "ja", "be", "co", "wy", "xi"]
 

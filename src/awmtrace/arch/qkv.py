@@ -56,9 +56,7 @@ def infer_head_dim(rows: int, n_heads: int, n_kv_heads: int, where: str) -> int:
     return rows // denom
 
 
-def split_qkv(
-    w: np.ndarray, layout: str, part: str, n_heads: int, n_kv_heads: int, head_dim: int, where: str = "QKV"
-) -> np.ndarray:
+def split_qkv(w: np.ndarray, layout: str, part: str, n_heads: int, n_kv_heads: int, head_dim: int, where: str = "QKV") -> np.ndarray:
     """The ``part`` (``"q"`` or ``"k"``) block of fused weight ``w``: ``(rows, d_in)`` -> ``(n*hd, d_in)``."""
     rows, d_in = w.shape
     if rows != (n_heads + 2 * n_kv_heads) * head_dim:
@@ -74,16 +72,12 @@ def split_qkv(
         return np.ascontiguousarray(block)
     if layout == "per_head":
         if n_heads != n_kv_heads:
-            raise UnsupportedArchitecture(
-                f"{where}: per-head interleaved QKV needs n_heads == n_kv_heads, got {n_heads} and {n_kv_heads}"
-            )
+            raise UnsupportedArchitecture(f"{where}: per-head interleaved QKV needs n_heads == n_kv_heads, got {n_heads} and {n_kv_heads}")
         heads = w.reshape(n_heads, 3, head_dim, d_in)
         return np.ascontiguousarray(heads[:, 0 if part == "q" else 1]).reshape(-1, d_in)
     if layout == "kv_group":
         if n_heads % n_kv_heads:
-            raise UnsupportedArchitecture(
-                f"{where}: grouped QKV needs n_heads divisible by n_kv_heads, got {n_heads} and {n_kv_heads}"
-            )
+            raise UnsupportedArchitecture(f"{where}: grouped QKV needs n_heads divisible by n_kv_heads, got {n_heads} and {n_kv_heads}")
         group = n_heads // n_kv_heads
         blocks = w.reshape(n_kv_heads, group + 2, head_dim, d_in)
         picked = blocks[:, :group] if part == "q" else blocks[:, group]

@@ -479,11 +479,7 @@ def _heads(source: TensorSource, config: dict[str, Any], table: Table, variant: 
     if variant is not None and variant.n_kv_heads is not None:
         nkv = nh if variant.n_kv_heads == "n_heads" else int(variant.n_kv_heads)
     else:
-        keys = (
-            list(variant.n_kv_heads_keys)
-            if variant is not None and variant.n_kv_heads_keys
-            else d.get("n_kv_heads_keys", [])
-        )
+        keys = list(variant.n_kv_heads_keys) if variant is not None and variant.n_kv_heads_keys else d.get("n_kv_heads_keys", [])
         nkv = _as_int(config_value(config, keys))
         if nkv is None:
             nkv, explicit = nh, False
@@ -520,9 +516,7 @@ def resolve(source: TensorSource) -> ModelView:
         if any(layer.q.part is not None for layer in view.layers):
             fused_fit.append(f"{fam.name} ({view.layers[0].q.name})")
             continue
-        return _with_note(
-            view, f"architecture {display!r} is not in the table; its tensor names match family {fam.name!r}"
-        )
+        return _with_note(view, f"architecture {display!r} is not in the table; its tensor names match family {fam.name!r}")
     names = source.names()
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
     if fused_fit:
@@ -551,9 +545,7 @@ def _fail(exc: AwmError, found: _Found) -> AwmError:
     return exc
 
 
-def _build(
-    source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table
-) -> ModelView:
+def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:
     where = str(source.path)
     variant = fam.variant(config) if source.format != "gguf" else None
     found = _classify(source, fam, table, variant)
@@ -575,9 +567,7 @@ def _build(
     blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
     n_layers_cfg = config_value(config, table.defaults.get("n_layers_keys", []))
     if source.format == "gguf":
-        n_layers_cfg = source.metadata.get(
-            f"{source.metadata.get('general.architecture', '')}.block_count", n_layers_cfg
-        )
+        n_layers_cfg = source.metadata.get(f"{source.metadata.get('general.architecture', '')}.block_count", n_layers_cfg)
     n_layers_cfg = _as_int(n_layers_cfg)
     if not blocks:
         held = found.by_block.get(min(found.by_block), []) if found.by_block else []
@@ -594,9 +584,7 @@ def _build(
     notes: list[str] = []
     for (bid, part), (one, other) in sorted(found.ffn_ambiguous.items()):
         found.ffn.get(bid, {}).pop(part, None)
-        notes.append(
-            f"layer {bid}: {one} and {other} both look like its FFN {part} projection; no FFN {part} score there"
-        )
+        notes.append(f"layer {bid}: {one} and {other} both look like its FFN {part} projection; no FFN {part} score there")
     heads = _heads(source, config, table, variant)
     nh, nkv, hd = heads.n_heads, heads.n_kv_heads, heads.head_dim
     layers: list[LayerRefs] = []
@@ -626,12 +614,8 @@ def _build(
                     found,
                 )
             hd = fused_hd
-            q = TensorRef(
-                fused.name, f"blk.{bid}.attn_q", fused.how, part="q", layout=fused.layout, transposed=fused.transposed
-            )
-            k = TensorRef(
-                fused.name, f"blk.{bid}.attn_k", fused.how, part="k", layout=fused.layout, transposed=fused.transposed
-            )
+            q = TensorRef(fused.name, f"blk.{bid}.attn_q", fused.how, part="q", layout=fused.layout, transposed=fused.transposed)
+            k = TensorRef(fused.name, f"blk.{bid}.attn_k", fused.how, part="k", layout=fused.layout, transposed=fused.transposed)
         else:
             seen = found.by_block.get(bid, [])
             raise _fail(
@@ -677,8 +661,7 @@ def _build(
             shape_kv = k_rows // hd
             if heads.kv_explicit and nkv is not None and nkv != shape_kv:
                 notes.append(
-                    f"the config gives {nkv} KV heads, but {first.k.name} has {k_rows} rows = {shape_kv} heads of "
-                    f"{hd}; using {shape_kv}"
+                    f"the config gives {nkv} KV heads, but {first.k.name} has {k_rows} rows = {shape_kv} heads of {hd}; using {shape_kv}"
                 )
             nkv = shape_kv
     if hd is None and nh:
@@ -718,9 +701,7 @@ def _matrix(source: TensorSource, view: ModelView, ref: TensorRef, cache: dict[s
     if ref.part is None:
         return np.ascontiguousarray(w)
     if view.n_heads is None or view.n_kv_heads is None or ref.layout is None:
-        raise UnsupportedArchitecture(
-            f"{source.path}: {ref.name}: cutting a fused QKV tensor needs head counts and a layout"
-        )
+        raise UnsupportedArchitecture(f"{source.path}: {ref.name}: cutting a fused QKV tensor needs head counts and a layout")
     head_dim = infer_head_dim(w.shape[0], view.n_heads, view.n_kv_heads, f"{source.path}: {ref.name}")
     return split_qkv(w, ref.layout, ref.part, view.n_heads, view.n_kv_heads, head_dim, f"{source.path}: {ref.name}")
 
@@ -743,9 +724,7 @@ def _half(w: np.ndarray, ref: TensorRef, where: str) -> np.ndarray:
     return np.ascontiguousarray(block)
 
 
-def read_ffn(
-    source: TensorSource, view: ModelView, layer: LayerRefs, weight: str
-) -> list[tuple[int | None, np.ndarray]]:
+def read_ffn(source: TensorSource, view: ModelView, layer: LayerRefs, weight: str) -> list[tuple[int | None, np.ndarray]]:
     """FFN input projections of one layer: ``[(expert, (d_ff, hidden))]``, one entry for a dense FFN.
 
     Stacked GGUF experts ``(n_expert, d_ff, hidden)`` are expanded; fused

@@ -36,6 +36,8 @@ def table(**kwargs: Any) -> Any:
     kwargs.setdefault("pad_edge", False)
     kwargs.setdefault("title_justify", "left")
     return Table(**kwargs)
+
+
 err_console = Console(stderr=True, highlight=False)
 
 

@@ -148,11 +148,33 @@ def print_result(result: dict[str, Any], per_layer: bool) -> None:
 @click.argument("model_b", metavar="B")
 @json_option
 @click.option("--per-layer", is_flag=True, help="Show the per-layer table.")
-@click.option("--weights", default="q,k", show_default=True, help="Matrices to score: q,k (the AWM score); add up and/or gate for FFN scores.")
-@click.option("--align", type=click.Choice(["vocab", "ids"]), default="vocab", show_default=True, help="Align hidden dims on shared tokens (vocab) or on equal token ids (ids; only when vocab sizes agree).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to compute; auto uses CUDA through the torch extra when present.")
-@click.option("--null", "null", default=None, metavar="NAME|FILE", help="Null distribution for z and p (default: the paper's published summary).")
-@click.option("--min-shared-tokens", type=click.IntRange(4), default=MIN_SHARED_TOKENS, show_default=True, help="Fewest shared tokens accepted for alignment.")
+@click.option(
+    "--weights", default="q,k", show_default=True, help="Matrices to score: q,k (the AWM score); add up and/or gate for FFN scores."
+)
+@click.option(
+    "--align",
+    type=click.Choice(["vocab", "ids"]),
+    default="vocab",
+    show_default=True,
+    help="Align hidden dims on shared tokens (vocab) or on equal token ids (ids; only when vocab sizes agree).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where to compute; auto uses CUDA through the torch extra when present.",
+)
+@click.option(
+    "--null", "null", default=None, metavar="NAME|FILE", help="Null distribution for z and p (default: the paper's published summary)."
+)
+@click.option(
+    "--min-shared-tokens",
+    type=click.IntRange(4),
+    default=MIN_SHARED_TOKENS,
+    show_default=True,
+    help="Fewest shared tokens accepted for alignment.",
+)
 @click.option("--z-related", type=float, default=Z_RELATED, show_default=True, help="z at or above which the verdict is 'related'.")
 @click.option("--z-inconclusive", type=float, default=Z_INCONCLUSIVE, show_default=True, help="z below which the verdict is 'independent'.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a per-layer figure (PNG).")
@@ -234,7 +256,11 @@ def inspect(path: str, as_json: bool, all_tensors: bool) -> None:
     t.add_column()
     rows = [
         ("format", data["format"]),
-        ("architecture", f"{data['architecture']} (family {data['family']}" + (f", chosen because {data['family_reason']})" if data["family_reason"] else ")")),
+        (
+            "architecture",
+            f"{data['architecture']} (family {data['family']}"
+            + (f", chosen because {data['family_reason']})" if data["family_reason"] else ")"),
+        ),
         ("hidden_size", data["hidden_size"]),
         ("n_layers", data["n_layers"]),
         ("n_heads", data["n_heads"]),
@@ -266,7 +292,12 @@ def inspect(path: str, as_json: bool, all_tensors: bool) -> None:
         for key in ("up", "gate"):
             refs = layer.get(key, [])
             if refs:
-                tt.add_row(f"blk.{layer['index']}.ffn_{key}", escape(refs[0]["name"]) + (f" (+{len(refs) - 1} experts)" if len(refs) > 1 else ""), escape(refs[0]["how"]), "")
+                tt.add_row(
+                    f"blk.{layer['index']}.ffn_{key}",
+                    escape(refs[0]["name"]) + (f" (+{len(refs) - 1} experts)" if len(refs) > 1 else ""),
+                    escape(refs[0]["how"]),
+                    "",
+                )
     console.print(tt)
     if len(shown) < len(layers):
         console.print(f"[dim]... layers 1-{len(layers) - 2} resolved the same way (--all-tensors lists them)[/]")
@@ -275,7 +306,12 @@ def inspect(path: str, as_json: bool, all_tensors: bool) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Keep the generated checkpoints here (default: a temporary folder, removed afterwards).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the generated checkpoints here (default: a temporary folder, removed afterwards).",
+)
 @json_option
 @quiet_option
 @friendly_errors

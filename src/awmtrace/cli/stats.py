@@ -30,7 +30,13 @@ from awmtrace.report.text import fmt_p
     metavar="STORE|RESULTS",
     help="Results store (SQLite, from `awm suite run`) or a JSON / JSON-lines results file.",
 )
-@click.option("--suite", "suites", multiple=True, metavar="NAME", help="Use only this suite's results (repeatable; default: every pair not labelled related).")
+@click.option(
+    "--suite",
+    "suites",
+    multiple=True,
+    metavar="NAME",
+    help="Use only this suite's results (repeatable; default: every pair not labelled related).",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Null file to write (JSON).")
 @click.option("--name", default=None, help="Name recorded in the null file (default: calibrated-SUITES).")
 @json_option
@@ -71,12 +77,34 @@ def _num(x: Any, digits: int = 4) -> str:
 
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path), metavar="STORE|RESULTS")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="CSV (a,b,label) or JSON list of {a, b, label}; overrides stored labels.")
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV (a,b,label) or JSON list of {a, b, label}; overrides stored labels.",
+)
 @click.option("--suite", "suites", multiple=True, metavar="NAME", help="Evaluate only this suite's results (repeatable).")
-@click.option("--null", "null", default=None, metavar="NAME|FILE", help="Re-score z and p under this null (default: the z stored with each result).")
-@click.option("--max-fpr", type=click.FloatRange(0, 1, min_open=True), default=MAX_FPR, show_default=True, help="Upper FPR of the partial AUC.")
-@click.option("--fpr-target", type=click.FloatRange(0, 1, max_open=True), default=FPR_TARGET, show_default=True, help="FPR at which the TPR is reported.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for roc.png, scores.png, evaluation.json and z_table.csv.")
+@click.option(
+    "--null", "null", default=None, metavar="NAME|FILE", help="Re-score z and p under this null (default: the z stored with each result)."
+)
+@click.option(
+    "--max-fpr", type=click.FloatRange(0, 1, min_open=True), default=MAX_FPR, show_default=True, help="Upper FPR of the partial AUC."
+)
+@click.option(
+    "--fpr-target",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=FPR_TARGET,
+    show_default=True,
+    help="FPR at which the TPR is reported.",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for roc.png, scores.png, evaluation.json and z_table.csv.",
+)
 @json_option
 @friendly_errors
 def evaluate(
@@ -115,7 +143,16 @@ def evaluate(
     console.print(t)
     console.print(f"[dim]threshold: {escape(thr['rule'])}[/]")
     zt = table(title="|z| of related pairs")
-    for col, just in (("suite", "left"), ("a", "left"), ("b", "left"), ("score", "right"), ("|z|", "right"), ("p", "right"), ("p Holm", "right"), ("verdict", "left")):
+    for col, just in (
+        ("suite", "left"),
+        ("a", "left"),
+        ("b", "left"),
+        ("score", "right"),
+        ("|z|", "right"),
+        ("p", "right"),
+        ("p Holm", "right"),
+        ("verdict", "left"),
+    ):
         zt.add_column(col, justify=just)
     for r in ev.z_table:
         zt.add_row(
@@ -131,7 +168,10 @@ def evaluate(
     console.print(zt)
     wrong = [r for r in ev.pairs if (r["verdict"] == "related") != (r["label"] == "related")]
     if wrong:
-        console.print(f"[yellow]{len(wrong)} pair(s) whose verdict disagrees with the label:[/] " + escape(", ".join(f"{r['a']} vs {r['b']} ({r['verdict']}, expected {r['label']})" for r in wrong[:8])))
+        console.print(
+            f"[yellow]{len(wrong)} pair(s) whose verdict disagrees with the label:[/] "
+            + escape(", ".join(f"{r['a']} vs {r['b']} ({r['verdict']}, expected {r['label']})" for r in wrong[:8]))
+        )
     note = ev.multiple_comparisons["note"]
     if note:
         console.print(f"[dim]{escape(note)}[/]")

@@ -116,12 +116,27 @@ def _fmt(v: float | None, digits: int) -> str:
 
 @suite.command()
 @click.argument("name")
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of local models, one sub-folder per model (short name or repo name).")
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of local models, one sub-folder per model (short name or repo name).",
+)
 @store_option
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to compute.")
-@click.option("--weights", default="q,k", show_default=True, help="Matrices to score: q,k (the AWM score); add up and/or gate for FFN scores.")
-@click.option("--align", type=click.Choice(["vocab", "ids"]), default="vocab", show_default=True, help="Align hidden dims on shared tokens (vocab) or equal token ids (ids).")
-@click.option("--null", "null", default=None, metavar="NAME|FILE", help="Null distribution for z and p (default: the paper's published summary).")
+@click.option(
+    "--weights", default="q,k", show_default=True, help="Matrices to score: q,k (the AWM score); add up and/or gate for FFN scores."
+)
+@click.option(
+    "--align",
+    type=click.Choice(["vocab", "ids"]),
+    default="vocab",
+    show_default=True,
+    help="Align hidden dims on shared tokens (vocab) or equal token ids (ids).",
+)
+@click.option(
+    "--null", "null", default=None, metavar="NAME|FILE", help="Null distribution for z and p (default: the paper's published summary)."
+)
 @click.option("--no-fetch", is_flag=True, help="Use only --models-dir and the cache; never download from the Hub.")
 @suites_file_option
 @json_option
@@ -212,7 +227,9 @@ def _row_values(d: dict[str, Any]) -> dict[str, str]:
 
 @suite.command("report")
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "md", "json"]), default="table", show_default=True, help="Output format.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "md", "json"]), default="table", show_default=True, help="Output format."
+)
 @store_option
 @suites_file_option
 @click.option("--null", "null", default=None, metavar="NAME|FILE", help="Recompute z and verdicts under this null (default: as stored).")

@@ -141,4 +141,3 @@ def select_backend(device: str) -> tuple[Backend, str | None]:
             return NumpyBackend(), f"device auto: {why}; computed on the CPU"
         raise OptionalDependencyMissing(f"--device {device} is not available: {why}; use --device cpu or auto")
     raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-

@@ -97,7 +97,9 @@ def verdict(z: float, z_related: float = Z_RELATED, z_inconclusive: float = Z_IN
     if not (math.isfinite(z_related) and math.isfinite(z_inconclusive)):
         raise UsageError(f"z thresholds must be finite numbers, got related {z_related}, inconclusive {z_inconclusive}")
     if z_inconclusive > z_related:
-        raise UsageError(f"thresholds out of order: inconclusive {z_inconclusive:g} > related {z_related:g}; pass z_inconclusive <= z_related")
+        raise UsageError(
+            f"thresholds out of order: inconclusive {z_inconclusive:g} > related {z_related:g}; pass z_inconclusive <= z_related"
+        )
     if not math.isfinite(z):
         raise StatsError(f"z = {z} is not a finite number; no verdict can be given")
     rule = f"related if z >= {z_related:g}; inconclusive if {z_inconclusive:g} <= z < {z_related:g}; else independent"
@@ -120,9 +122,7 @@ class Assessment:
     verdict: Verdict
 
 
-def assess(
-    score: float, null: NullModel, z_related: float = Z_RELATED, z_inconclusive: float = Z_INCONCLUSIVE
-) -> Assessment:
+def assess(score: float, null: NullModel, z_related: float = Z_RELATED, z_inconclusive: float = Z_INCONCLUSIVE) -> Assessment:
     """z, normal-tail p, empirical p (when ``null`` holds raw scores) and the verdict of ``score``."""
     z = z_score(score, null)
     return Assessment(
@@ -218,6 +218,5 @@ def multiple_comparison_note(m: int, alpha: float = ALPHA, z_related: float = Z_
             "under the normal null). Holm-adjusted p-values are given per pair."
         )
     return head + (
-        f"the rule z >= {z_related:g} is looser (family-wise false-positive chance up to {fwer:.2g}); "
-        "read the Holm-adjusted p-values."
+        f"the rule z >= {z_related:g} is looser (family-wise false-positive chance up to {fwer:.2g}); read the Holm-adjusted p-values."
     )

@@ -34,9 +34,7 @@ def detect_format(path: Path) -> str:
     if path.is_file():
         fmt = WEIGHT_SUFFIXES.get(path.suffix.lower()) or _sniff(path)
         if fmt is None:
-            raise FormatError(
-                f"{path}: not a checkpoint awmtrace reads (expected .safetensors, .gguf or pytorch .bin)"
-            )
+            raise FormatError(f"{path}: not a checkpoint awmtrace reads (expected .safetensors, .gguf or pytorch .bin)")
         return fmt
     if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
         return "safetensors"
@@ -47,9 +45,7 @@ def detect_format(path: Path) -> str:
         raise InputNotFound(f"{path}: holds {len(ggufs)} .gguf files; pass the one to read")
     if any(path.glob("*.bin")) or (path / "pytorch_model.bin.index.json").is_file():
         return "torch"
-    raise InputNotFound(
-        f"{path}: no weights here (looked for *.safetensors, model.safetensors.index.json, *.gguf, pytorch_model*.bin)"
-    )
+    raise InputNotFound(f"{path}: no weights here (looked for *.safetensors, model.safetensors.index.json, *.gguf, pytorch_model*.bin)")
 
 
 def open_source(path: Path) -> TensorSource:

@@ -47,9 +47,7 @@ class GGUFSource(TensorSource):
         for t in self._reader.tensors:
             end = int(t.data_offset) + int(t.n_bytes)
             if end > size:
-                raise FormatError(
-                    f"{path}: tensor {t.name!r} ends at byte {end} but the file has {size}; the file is truncated"
-                )
+                raise FormatError(f"{path}: tensor {t.name!r} ends at byte {end} but the file has {size}; the file is truncated")
         self.metadata = {}
         for key, fld in self._reader.fields.items():
             if key.startswith("GGUF.") or (len(fld.data) > _SMALL_ARRAY):

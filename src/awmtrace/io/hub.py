@@ -434,8 +434,7 @@ class _Hub:
         code = f"HTTP {status}" if status else type(exc).__name__
         if isinstance(exc, GatedRepoError):
             return HubError(
-                f"{repo}: gated repository ({code}); accept its terms at {self.endpoint}/{repo} and set HF_TOKEN "
-                "to a token of that account"
+                f"{repo}: gated repository ({code}); accept its terms at {self.endpoint}/{repo} and set HF_TOKEN to a token of that account"
             )
         if isinstance(exc, RepositoryNotFoundError):
             return HubError(
@@ -680,7 +679,7 @@ def _snapshot_ok(folder: Path, verify: bool = False) -> dict[str, Any] | None:
 
 def _lean_snapshot(root: Path, ref: RepoRef, commit: str, ffn: bool, verify: bool = False) -> tuple[Path, dict[str, Any]] | None:
     snaps = _repo_dir(root, ref) / "snapshots"
-    for name in ([_variant(commit, True)] if ffn else [_variant(commit, False), _variant(commit, True)]):
+    for name in [_variant(commit, True)] if ffn else [_variant(commit, False), _variant(commit, True)]:
         data = _snapshot_ok(snaps / name, verify)
         if data is not None:
             return snaps / name, data
@@ -731,7 +730,7 @@ def snapshot_identity(path: Path) -> str | None:
         return f"hf:{data.get('repo_id')}@{data.get('commit')}"
     parts = path.resolve().parts if path.exists() else path.parts
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--") and _COMMIT_RE.match(parts[-1]):
-        return f"hf:{parts[-3][len('models--'):].replace('--', '/')}@{parts[-1]}"
+        return f"hf:{parts[-3][len('models--') :].replace('--', '/')}@{parts[-1]}"
     return None
 
 

@@ -19,7 +19,17 @@ from matplotlib.ticker import MaxNLocator
 
 from awmtrace.errors import FormatError
 
-__all__ = ["plot_pair", "pair_figure", "pair_figure_png", "plot_roc", "roc_figure", "plot_scores", "scores_figure", "figure_png", "short_name"]
+__all__ = [
+    "plot_pair",
+    "pair_figure",
+    "pair_figure_png",
+    "plot_roc",
+    "roc_figure",
+    "plot_scores",
+    "scores_figure",
+    "figure_png",
+    "short_name",
+]
 
 _Q_COLOR = "#1f77b4"
 _K_COLOR = "#ff7f0e"
@@ -205,9 +215,7 @@ def scores_figure(evaluation: Any) -> Figure:
         ax.set_ylim(-0.5, 1.5)
         ax.grid(alpha=0.3, axis="x")
     margin = ev["threshold"]["margin"]
-    axes[0].set_title(
-        f"score distributions; margin (lowest related - highest independent) = {margin:.4g}", fontsize=10
-    )
+    axes[0].set_title(f"score distributions; margin (lowest related - highest independent) = {margin:.4g}", fontsize=10)
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
     return fig
 

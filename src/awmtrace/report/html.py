@@ -111,9 +111,7 @@ def pair_report_html(result: dict[str, Any]) -> str:
 
     emp = result.get("p_empirical")
     res = null.get("empirical_resolution")
-    emp_txt = (
-        f"{_hp(emp)} (resolution 1/(n+1) = {_hp(res)})" if emp is not None else "n/a (the null holds no raw scores)"
-    )
+    emp_txt = f"{_hp(emp)} (resolution 1/(n+1) = {_hp(res)})" if emp is not None else "n/a (the null holds no raw scores)"
     thresholds = verdict.get("thresholds") or {}
     evidence = _table(
         [
