@@ -287,7 +287,7 @@ def test_load_pairs_from_a_real_results_store(tmp_path: Path) -> None:
     empty = tmp_path / "empty.sqlite"
     ResultsStore(empty, create=True).close()
     r = CliRunner().invoke(main, ["evaluate", str(empty)])
-    assert r.exit_code == 2 and "holds no results" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 3 and "holds no results" in r.output and "Traceback" not in r.output
 
 
 def test_evaluate_cli_writes_figures_and_tables(tmp_path: Path) -> None:
@@ -329,5 +329,5 @@ def test_evaluate_cli_errors_are_one_line(tmp_path: Path) -> None:
     ]
     for args, message in cases:
         r = CliRunner().invoke(main, ["evaluate", *args])
-        assert r.exit_code == 2, (args, r.output)
+        assert r.exit_code == 3, (args, r.output)
         assert message in r.output and "Traceback" not in r.output and r.output.strip().count("\n") == 0, r.output

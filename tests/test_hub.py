@@ -234,7 +234,7 @@ def test_hub_errors_are_one_line(server: HubServer, monkeypatch: pytest.MonkeyPa
         hub.fetch(spec)
     assert "\n" not in str(info.value)
     res = CliRunner().invoke(main, ["fetch", spec])
-    assert res.exit_code == 2
+    assert res.exit_code == 3
     assert res.output.strip().startswith("error:") and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) <= 2  # rich may wrap one line at 80 columns
 
@@ -335,5 +335,5 @@ def test_awm_fetch_reports_the_fraction(server: HubServer) -> None:
     data = json.loads(res.output)["results"][0]
     assert data["source"] == "fetched" and 0 < data["fraction"] < 0.05
     res = CliRunner().invoke(main, ["fetch", "acme/big", "acme/nope"])
-    assert res.exit_code == 2
+    assert res.exit_code == 5  # incomplete: one id failed
     assert "cached" in res.output and "repository not found" in res.output

@@ -272,12 +272,12 @@ def test_cli_errors_are_one_line(tmp_path: Path, family: dict[str, Path]) -> Non
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps(_null_dict(std=0.0)))
     r = invoke("compare", str(family["base"]), str(family["drift"]), "--null", str(flat), "-q")
-    assert r.exit_code == 2 and "no variance" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 3 and "no variance" in r.output and "Traceback" not in r.output
     same = _results_file(tmp_path / "same.json", [("a", "b", 0.01, "independent"), ("a", "c", 0.01, "independent")])
     r = invoke("calibrate", "--from", str(same), "-o", str(tmp_path / "n.json"))
-    assert r.exit_code == 2 and "no variance" in r.output and r.output.count("\n") <= 2
+    assert r.exit_code == 3 and "no variance" in r.output and r.output.count("\n") <= 2
     r = invoke("calibrate", "--from", str(tmp_path / "nope.sqlite"), "-o", str(tmp_path / "n.json"))
-    assert r.exit_code == 2 and "nope.sqlite" in r.output
+    assert r.exit_code == 3 and "nope.sqlite" in r.output
     r = invoke("calibrate", "--from", str(same), "--suite", "sft_pairs", "-o", str(tmp_path / "n.json"))
-    assert r.exit_code == 2 and "sft_pairs" in r.output
+    assert r.exit_code == 3 and "sft_pairs" in r.output
     assert not (tmp_path / "n.json").exists()

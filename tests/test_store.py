@@ -94,7 +94,7 @@ def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"newer awmtrace \(store schema 99"):
         ResultsStore(path)
     res = CliRunner().invoke(main, ["suite", "report", "sft_pairs", "--store", str(path)])
-    assert res.exit_code == 2 and "newer awmtrace" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 3 and "newer awmtrace" in res.output and "Traceback" not in res.output
 
 
 def test_a_killed_writer_leaves_a_readable_store(tmp_path: Path) -> None:

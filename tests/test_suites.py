@@ -226,7 +226,7 @@ def test_suite_run_and_report_on_the_command_line(tiny: dict[str, Path]) -> None
     runner = CliRunner()
     common = ["--suites", str(tiny["suites"]), "--store", str(tiny["store"])]
     res = runner.invoke(main, ["suite", "run", "tiny", "--models-dir", str(tiny["models"]), "--device", "cpu", "--json", *common])
-    assert res.exit_code == 1, res.output  # one pair could not run
+    assert res.exit_code == 5, res.output  # one pair could not run: incomplete
     data = json.loads(res.output)
     assert data["counts"] == {"done": 4, "skipped": 0, "missing": 1, "failed": 0}
 
@@ -261,7 +261,7 @@ def test_suite_run_and_report_on_the_command_line(tiny: dict[str, Path]) -> None
     assert res.exit_code == 0 and "4 of 5 pairs have results" in res.output
 
     res = runner.invoke(main, ["suite", "run", "tiny", "--models-dir", str(tiny["models"]), "--device", "cpu", "--no-fetch", *common])
-    assert res.exit_code == 1 and "already stored" in res.output and "fetching from the Hub is off" in res.output
+    assert res.exit_code == 5 and "already stored" in res.output and "fetching from the Hub is off" in res.output
 
 
 def test_report_of_a_paper_suite_shows_the_paper_value(tmp_path: Path) -> None:
@@ -270,4 +270,4 @@ def test_report_of_a_paper_suite_shows_the_paper_value(tmp_path: Path) -> None:
     first = rows[0]
     assert (first.base, first.offspring, first.paper_abs_z) == ("llama-2-7b", "CodeLlama-7b-hf", 250.78)
     res = CliRunner().invoke(main, ["suite", "report", "cpt_pairs", "--store", str(tmp_path / "absent.sqlite")])
-    assert res.exit_code == 2 and "no results store here" in res.output
+    assert res.exit_code == 3 and "no results store here" in res.output

@@ -2,7 +2,8 @@
 
 Every message is one line that says what was expected, what was found and,
 where there is one, what to do. The CLI prints ``str(error)`` and exits with
-``error.exit_code``; it never shows a traceback for an :class:`AwmError`.
+``error.exit_code`` (3: bad input; 2: usage); it never shows a traceback for
+an :class:`AwmError`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 class AwmError(Exception):
     """Base class of every error awmtrace raises on purpose."""
 
-    exit_code = 2
+    exit_code = 3  # the CLI's "bad input"; see awmtrace.cli.common.EXIT_*
 
 
 class InputNotFound(AwmError):
@@ -60,3 +61,11 @@ class StatsError(AwmError):
 
 class UsageError(AwmError):
     """Options that contradict each other or a value out of range."""
+
+    exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none (for one-line errors)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -8,27 +8,23 @@ import click
 
 from awmtrace.cli import main
 from awmtrace.cli.common import (
+    add_columns,
     console,
     emit_json,
+    epilog,
     err_console,
     escape,
+    finish,
     friendly_errors,
     json_option,
+    note,
     progress_reporter,
     quiet_option,
+    record_input,
     table,
 )
 from awmtrace.errors import AwmError
-
-
-def human_bytes(n: float) -> str:
-    """``1.23 GB`` style (powers of 1000, as the Hub shows sizes)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} TB"
-
+from awmtrace.report.text import fmt_bytes
 
 _SOURCE = {
     "fetched": "fetched",
@@ -38,7 +34,13 @@ _SOURCE = {
 }
 
 
-@main.command()
+@main.command(
+    epilog=epilog(
+        "awm fetch meta-llama/Llama-2-7b-hf",
+        "awm fetch org/name@v1.0 --dry-run",
+        "HF_HUB_OFFLINE=1 awm fetch org/name --verify",
+    )
+)
 @click.argument("repo_ids", nargs=-1, required=True, metavar="ID...")
 @click.option("--ffn", is_flag=True, help="Also fetch the FFN input projections (for --weights up,gate).")
 @click.option("--verify", is_flag=True, help="Re-hash cached copies against their recorded sha256 (refetch on mismatch).")
@@ -53,7 +55,8 @@ def fetch(repo_ids: tuple[str, ...], ffn: bool, verify: bool, dry_run: bool, as_
     ranges of the token embedding and attention Q/K are downloaded; pickle
     .bin checkpoints are fetched whole. Copies are cached (AWMTRACE_CACHE,
     default $HF_HOME/awmtrace), interrupted fetches resume, and HF_TOKEN,
-    HF_ENDPOINT and HF_HUB_OFFLINE are honoured.
+    HF_ENDPOINT and HF_HUB_OFFLINE are honoured. With several ids, the
+    ones that fail are reported and the exit code is 5 (incomplete).
     """
     from awmtrace.io import hub
 
@@ -67,28 +70,32 @@ def fetch(repo_ids: tuple[str, ...], ffn: bool, verify: bool, dry_run: bool, as_
                 if len(repo_ids) == 1:
                     raise
                 errors.append((spec, str(exc)))
+    for r in results:
+        commit = r.commit if len(r.commit or "") == 40 else None
+        record_input(r.repo_id, "hub", repo=r.repo_id, commit=commit, path=str(r.path) if r.path else None)
     if as_json:
         emit_json({"results": [r.to_dict() for r in results], "errors": [{"id": i, "error": e} for i, e in errors]})
     else:
         t = table()
-        for col in ("repo", "commit", "source", "fetched now", "needed", "checkpoint", "fraction", "path"):
-            t.add_column(col, justify="right" if col in ("fetched now", "needed", "checkpoint", "fraction") else "left")
-        for r in results:
-            t.add_row(
-                escape(r.repo_id + (f"@{r.revision}" if r.revision else "")),
+        sizes = ("fetched now", "needed", "of checkpoint")
+        rows = [
+            [
+                escape(r.repo_id + (f"@{r.revision}" if r.revision else "")) + "\n" + escape(str(r.path) if r.path else "(not kept)"),
                 r.commit[:12],
                 _SOURCE.get(r.source, r.source),
-                human_bytes(r.bytes_fetched),
-                human_bytes(r.bytes_needed) if r.checkpoint_bytes else "-",
-                human_bytes(r.checkpoint_bytes) if r.checkpoint_bytes else "-",
-                f"{100 * r.fraction:.1f}%" if r.checkpoint_bytes else "-",
-                escape(str(r.path) if r.path else "-"),
-            )
+                fmt_bytes(r.bytes_fetched),
+                fmt_bytes(r.bytes_needed) if r.checkpoint_bytes else "-",
+                f"{100 * r.fraction:.1f}% of {fmt_bytes(r.checkpoint_bytes)}" if r.checkpoint_bytes else "-",
+            ]
+            for r in results
+        ]
+        add_columns(t, "repo (local copy)", "commit", "source", *sizes, right=sizes, fold=("repo (local copy)",))
+        for row in rows:
+            t.add_row(*row)
         console.print(t)
         for r in results:
-            for note in r.notes:
-                console.print(f"[yellow]note:[/] {escape(r.repo_id)}: {escape(note)}")
+            for text in r.notes:
+                note(f"{r.repo_id}: {text}", style="yellow")
         for _spec, message in errors:
-            err_console.print(f"[bold red]error:[/] {escape(message)}")
-    if errors:
-        raise SystemExit(2)
+            err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    finish(incomplete=bool(errors))

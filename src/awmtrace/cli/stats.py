@@ -9,19 +9,32 @@ import click
 
 from awmtrace.cli import main
 from awmtrace.cli.common import (
+    add_columns,
+    check_output,
     console,
     emit_json,
-    err_console,
+    epilog,
     escape,
+    finish,
     friendly_errors,
+    info,
     json_option,
+    note,
+    record_file_input,
     table,
+    write_output,
 )
 from awmtrace.evaluate import FPR_TARGET, MAX_FPR
-from awmtrace.report.text import fmt_p
+from awmtrace.report.text import fmt_num, fmt_p
 
 
-@main.command()
+@main.command(
+    epilog=epilog(
+        "awm calibrate --from awm-results.sqlite -o my-null.json",
+        "awm calibrate --from results.jsonl --suite independent_pairs -o null.json",
+        "awm compare A B --null my-null.json",
+    )
+)
 @click.option(
     "--from",
     "source",
@@ -46,11 +59,14 @@ def calibrate(source: Path, suites: tuple[str, ...], output: Path, name: str | N
     from awmtrace.evaluate import load_pairs
     from awmtrace.nulls import calibrate_null, null_to_dict, save_null
 
+    output = check_output(output, "--output")  # type: ignore[assignment]
+    record_file_input(source, "results")
     pairs = load_pairs(source, suites or None)
     null = calibrate_null(pairs, name=name, source=str(source), suites=suites)
-    save_null(null, output)
+    written = write_output("null", output, lambda: save_null(null, output))
     if as_json:
-        emit_json({"path": str(output), **null_to_dict(null)})
+        emit_json({"path": str(output) if written else None, **null_to_dict(null)})
+        finish()
         return
     prov = null.provenance
     t = table(show_header=False, title=f"null {escape(null.name)}")
@@ -65,17 +81,21 @@ def calibrate(source: Path, suites: tuple[str, ...], output: Path, name: str | N
     console.print(t)
     excluded = prov["excluded"]
     if excluded["related"] or excluded["repeated"]:
-        console.print(f"[dim]left out: {excluded['related']} related pair(s), {excluded['repeated']} repeated result(s)[/]")
-    for note in prov["notes"]:
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    err_console.print(f"[dim]null written to {escape(str(output))}; use it with --null {escape(str(output))}[/]")
+        info(f"left out: {excluded['related']} related pair(s), {excluded['repeated']} repeated result(s)")
+    for text in prov["notes"]:
+        note(text, style="yellow")
+    if written:
+        info(f"use it with --null {output}")
+    finish()
 
 
-def _num(x: Any, digits: int = 4) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, int | float) else "-"
-
-
-@main.command()
+@main.command(
+    epilog=epilog(
+        "awm evaluate awm-results.sqlite",
+        "awm evaluate results.jsonl --labels labels.csv -o eval/",
+        "awm evaluate awm-results.sqlite --null my-null.json --json",
+    )
+)
 @click.argument("source", type=click.Path(path_type=Path), metavar="STORE|RESULTS")
 @click.option(
     "--labels",
@@ -120,12 +140,20 @@ def evaluate(
     """How well stored scores separate related from independent pairs: AUC, pAUC, TPR@FPR, threshold, |z| table."""
     from awmtrace.evaluate import evaluate_path, write_evaluation
 
+    out_dir = check_output(out_dir, "--out", directory=True)
+    record_file_input(source, "results")
+    if labels is not None:
+        record_file_input(labels, "labels")
     ev = evaluate_path(source, labels=labels, suites=suites or None, null=null, max_fpr=max_fpr, fpr_target=fpr_target)
-    written = write_evaluation(ev, out_dir) if out_dir is not None else {}
+    written: dict[str, Any] = {}
+    if out_dir is not None:
+        folder = out_dir
+        write_output("evaluation files", folder, lambda: written.update(write_evaluation(ev, folder)))
     if as_json:
         d = ev.to_dict()
         d["files"] = {k: str(v) for k, v in written.items()}
         emit_json(d)
+        finish()
         return
     thr = ev.threshold
     t = table(show_header=False, title=f"{ev.n_related} related vs {ev.n_independent} independent pairs")
@@ -143,24 +171,14 @@ def evaluate(
     console.print(t)
     console.print(f"[dim]threshold: {escape(thr['rule'])}[/]")
     zt = table(title="|z| of related pairs")
-    for col, just in (
-        ("suite", "left"),
-        ("a", "left"),
-        ("b", "left"),
-        ("score", "right"),
-        ("|z|", "right"),
-        ("p", "right"),
-        ("p Holm", "right"),
-        ("verdict", "left"),
-    ):
-        zt.add_column(col, justify=just)
+    add_columns(zt, "suite", "a", "b", "score", "|z|", "p", "p Holm", "verdict", right=("score", "|z|", "p", "p Holm"), fold=("a", "b"))
     for r in ev.z_table:
         zt.add_row(
             escape(str(r["suite"] or "-")),
             escape(r["a"]),
             escape(r["b"]),
-            _num(r["score"]),
-            _num(r["abs_z"], 2),
+            fmt_num(r["score"], missing="-"),
+            fmt_num(r["abs_z"], 2, missing="-"),
             escape(fmt_p(r["p_value"])),
             escape(fmt_p(r["p_holm"])),
             escape(str(r["verdict"])),
@@ -172,10 +190,11 @@ def evaluate(
             f"[yellow]{len(wrong)} pair(s) whose verdict disagrees with the label:[/] "
             + escape(", ".join(f"{r['a']} vs {r['b']} ({r['verdict']}, expected {r['label']})" for r in wrong[:8]))
         )
-    note = ev.multiple_comparisons["note"]
-    if note:
-        console.print(f"[dim]{escape(note)}[/]")
+    mc_note = ev.multiple_comparisons["note"]
+    if mc_note:
+        console.print(f"[dim]{escape(mc_note)}[/]")
     for n in ev.notes:
-        console.print(f"[yellow]note:[/] {escape(n)}")
+        note(n, style="yellow")
     for kind, path in written.items():
-        err_console.print(f"[dim]{kind} written to {escape(str(path))}[/]")
+        info(f"{kind} written to {path}")
+    finish()

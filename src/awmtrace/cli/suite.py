@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,24 @@ import click
 
 from awmtrace.cli import main
 from awmtrace.cli.common import (
+    add_columns,
     console,
+    device_option,
     emit_json,
-    err_console,
+    epilog,
     escape,
+    fail_on_option,
+    finish,
+    flagged,
     friendly_errors,
     json_option,
+    note,
     progress_reporter,
     quiet_option,
+    record_file_input,
     table,
 )
-from awmtrace.core.backend import DEVICES
+from awmtrace.report.text import fmt_num, fmt_p
 from awmtrace.store import DEFAULT_STORE
 
 suites_file_option = click.option(
@@ -47,7 +53,7 @@ def suite() -> None:
     """The paper's experiment suites: list, show, run into a results store, report."""
 
 
-@suite.command("list")
+@suite.command("list", epilog=epilog("awm suite list", "awm suite list --suites my-suites.json --json"))
 @suites_file_option
 @json_option
 @friendly_errors
@@ -60,17 +66,17 @@ def list_(suites_file: Path | None, as_json: bool) -> None:
         emit_json({"suites": [{k: v for k, v in s.to_dict().items() if k not in ("models", "pairs")} for s in suites.values()]})
         return
     t = table()
-    t.add_column("suite", no_wrap=True)
-    t.add_column("category")
-    t.add_column("expected")
-    t.add_column("pairs", justify="right")
-    t.add_column("no repo id")
-    for s in suites.values():
-        t.add_row(escape(s.name), escape(s.category), s.label, str(len(s.pairs)), escape(", ".join(s.models_without_repo)) or "-")
+    rows = [
+        [escape(s.name), escape(s.category), s.label, str(len(s.pairs)), escape(", ".join(s.models_without_repo)) or "-"]
+        for s in suites.values()
+    ]
+    add_columns(t, "suite", "category", "expected", "pairs", "no repo id", right=("pairs",), fold=("suite",), cells=rows)
+    for row in rows:
+        t.add_row(*row)
     console.print(t)
 
 
-@suite.command()
+@suite.command(epilog=epilog("awm suite show sft_pairs", "awm suite show independent_pairs --json"))
 @click.argument("name")
 @suites_file_option
 @json_option
@@ -85,22 +91,28 @@ def show(name: str, suites_file: Path | None, as_json: bool) -> None:
         return
     console.print(f"[bold]{escape(s.name)}[/]: {escape(s.category)}, {len(s.pairs)} pairs, expected [bold]{s.label}[/]")
     pairs = table()
-    pairs.add_column("#", justify="right")
-    pairs.add_column("A", no_wrap=True)
-    pairs.add_column("B", no_wrap=True)
-    for i, (a, b) in enumerate(s.pairs, start=1):
-        pairs.add_row(str(i), escape(a), escape(b))
+    pair_rows = [[str(i), escape(a), escape(b)] for i, (a, b) in enumerate(s.pairs, start=1)]
+    add_columns(pairs, "#", "A", "B", right=("#",), fold=("A", "B"), cells=pair_rows)
+    for row in pair_rows:
+        pairs.add_row(*row)
     console.print(pairs)
     models = table()
-    models.add_column("model", no_wrap=True)
-    models.add_column("Hugging Face repo id", no_wrap=True)
-    for m in dict.fromkeys(m for p in s.pairs for m in p):
-        models.add_row(escape(m), _repo_text(s.repo_of(m)))
+    model_rows = [[escape(m), _repo_text(s.repo_of(m))] for m in dict.fromkeys(m for p in s.pairs for m in p)]
+    add_columns(
+        models,
+        "model",
+        "Hugging Face repo id",
+        fold=("model", "Hugging Face repo id"),
+        cells=[[m, s.repo_of(m) or ""] for m in dict.fromkeys(m for p in s.pairs for m in p)],
+    )
+    for row in model_rows:
+        models.add_row(*row)
     console.print(models)
     if s.models_without_repo:
-        console.print(
-            f"[yellow]note:[/] the paper gives no repo id for {escape(', '.join(s.models_without_repo))}; "
-            "put such a model in --models-dir under its short name"
+        note(
+            f"the paper gives no repo id for {', '.join(s.models_without_repo)}; "
+            "put such a model in --models-dir under its short name (a folder, or a NAME.gguf / NAME.safetensors file)",
+            style="yellow",
         )
 
 
@@ -109,21 +121,25 @@ def _repo_text(repo: str | None) -> str:
 
 
 def _fmt(v: float | None, digits: int) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{v:.{digits}f}"
+    return fmt_num(v, digits, missing="-")
 
 
-@suite.command()
+@suite.command(
+    epilog=epilog(
+        "awm suite run sft_pairs",
+        "awm suite run independent_pairs --models-dir ~/models --no-fetch",
+        "awm suite run my_suite --suites my-suites.json --fail-on related",
+    )
+)
 @click.argument("name")
 @click.option(
     "--models-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder of local models, one sub-folder per model (short name or repo name).",
+    help="Folder of local models: a sub-folder or a NAME.gguf / NAME.safetensors / NAME.bin file per model (short name or repo name).",
 )
 @store_option
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to compute.")
+@device_option()
 @click.option(
     "--weights", default="q,k", show_default=True, help="Matrices to score: q,k (the AWM score); add up and/or gate for FFN scores."
 )
@@ -139,6 +155,7 @@ def _fmt(v: float | None, digits: int) -> str:
 )
 @click.option("--no-fetch", is_flag=True, help="Use only --models-dir and the cache; never download from the Hub.")
 @suites_file_option
+@fail_on_option("any pair's verdict")
 @json_option
 @quiet_option
 @friendly_errors
@@ -152,6 +169,7 @@ def run(
     null: str | None,
     no_fetch: bool,
     suites_file: Path | None,
+    fail_on: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -161,27 +179,31 @@ def run(
     else fetched from the Hub (only the tensors the method reads). Pairs
     already stored with the same inputs, options and awmtrace version are
     skipped, so an interrupted run continues where it stopped. Exit status:
-    0 when every pair has a result, 1 when some are missing or failed.
+    0 when every pair has a result, 5 when some are missing or failed,
+    1 when --fail-on matched a stored verdict.
     """
     from awmtrace.suites import PairOutcome, get_suite, run_suite
 
     s = get_suite(name, suites_file)
-
-    def report(o: PairOutcome) -> None:
-        if as_json:
-            return
-        head = f"[{o.index}/{o.total}] {escape(o.name_a)} vs {escape(o.name_b)}:"
-        if o.status in ("done", "skipped") and o.record is not None:
-            r = o.record.result
-            verdict = (r.get("verdict") or {}).get("label", "")
-            extra = " [dim](already stored)[/]" if o.status == "skipped" else ""
-            err_console.print(f"{head} score {_fmt(r.get('score'), 4)}, z {_fmt(r.get('z'), 1)} ({verdict}){extra}")
-        elif o.status == "missing":
-            err_console.print(f"{head} [yellow]skipped[/], missing {escape(', '.join(o.missing_models))} (reasons below)")
-        else:
-            err_console.print(f"{head} [bold red]failed[/]: {escape(o.message or '')}")
+    if suites_file is not None:
+        record_file_input(suites_file, "suites")
+    labels: list[str] = []
 
     with progress_reporter(quiet or as_json) as progress:
+
+        def announce(i: int) -> None:
+            if i <= len(s.pairs) and not as_json:
+                a, b = s.pairs[i - 1]
+                progress.say(f"[{i}/{len(s.pairs)}] {escape(a)} vs {escape(b)} ...")
+
+        def report(o: PairOutcome) -> None:
+            if o.record is not None:
+                labels.append((o.record.result.get("verdict") or {}).get("label", ""))
+            if not as_json:
+                progress.say(_outcome_line(o))
+            announce(o.index + 1)
+
+        announce(1)
         result = run_suite(
             s,
             store=store_path,
@@ -200,9 +222,20 @@ def run(
         counts = ", ".join(f"{result.count(k)} {k}" for k in ("done", "skipped", "missing", "failed") if result.count(k))
         console.print(f"{escape(s.name)}: {len(result.outcomes)} pairs: {counts}; results in {escape(result.store_path)}")
         for model, why in result.missing_models.items():
-            console.print(f"[yellow]missing model[/] {escape(model)}: {escape(why)}")
-    if not result.complete:
-        raise SystemExit(1)
+            note(f"missing model {model}: {why}", style="yellow")
+    finish(flagged=flagged(labels, fail_on), incomplete=not result.complete)
+
+
+def _outcome_line(o: Any) -> str:
+    head = f"[{o.index}/{o.total}] {escape(o.name_a)} vs {escape(o.name_b)}:"
+    if o.status in ("done", "skipped") and o.record is not None:
+        r = o.record.result
+        verdict = (r.get("verdict") or {}).get("label", "")
+        extra = " [dim](already stored)[/]" if o.status == "skipped" else ""
+        return f"{head} score {_fmt(r.get('score'), 4)}, z {_fmt(r.get('z'), 1)} ({verdict}){extra}"
+    if o.status == "missing":
+        return f"{head} [yellow]skipped[/], missing {escape(', '.join(o.missing_models))} (reasons below)"
+    return f"{head} [bold red]failed[/]: {escape(o.message or '')}"
 
 
 _COLUMNS = ("category", "base", "offspring", "score_q", "score_k", "score", "z", "p_holm", "paper_abs_z", "verdict", "expected", "status")
@@ -217,7 +250,7 @@ def _row_values(d: dict[str, Any]) -> dict[str, str]:
         "score_k": _fmt(d["score_k"], 4),
         "score": _fmt(d["score"], 4),
         "z": _fmt(d["z"], 2),
-        "p_holm": "-" if d["p_holm"] is None else f"{d['p_holm']:.2g}",
+        "p_holm": fmt_p(d["p_holm"], missing="-"),
         "paper_abs_z": _fmt(d["paper_abs_z"], 2),
         "verdict": d["verdict"] or "-",
         "expected": d["label"],
@@ -225,7 +258,14 @@ def _row_values(d: dict[str, Any]) -> dict[str, str]:
     }
 
 
-@suite.command("report")
+@suite.command(
+    "report",
+    epilog=epilog(
+        "awm suite report sft_pairs",
+        "awm suite report sft_pairs --format md > sft.md",
+        "awm suite report independent_pairs --null my-null.json --fail-on related",
+    ),
+)
 @click.argument("name")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "csv", "md", "json"]), default="table", show_default=True, help="Output format."
@@ -233,8 +273,9 @@ def _row_values(d: dict[str, Any]) -> dict[str, str]:
 @store_option
 @suites_file_option
 @click.option("--null", "null", default=None, metavar="NAME|FILE", help="Recompute z and verdicts under this null (default: as stored).")
+@fail_on_option("any pair's verdict")
 @friendly_errors
-def report_(name: str, fmt: str, store_path: Path, suites_file: Path | None, null: str | None) -> None:
+def report_(name: str, fmt: str, store_path: Path, suites_file: Path | None, null: str | None, fail_on: str | None) -> None:
     """The paper-style table of suite NAME from the results store, with the paper's |z| where it has the pair."""
     from awmtrace.core.stats import multiple_comparison_note
     from awmtrace.nulls import load_null
@@ -243,6 +284,10 @@ def report_(name: str, fmt: str, store_path: Path, suites_file: Path | None, nul
     s = get_suite(name, suites_file)
     null_model = load_null(null) if null is not None else None
     rows = [r.to_dict() for r in suite_report(s, store_path, null=null_model)]
+    record_file_input(store_path, "store")
+    if suites_file is not None:
+        record_file_input(suites_file, "suites")
+    gate = flagged((r["verdict"] for r in rows if r["status"] == "done"), fail_on)
     done_count = sum(1 for r in rows if r["status"] == "done")
     mc_note = multiple_comparison_note(done_count)
     if fmt == "json":
@@ -257,36 +302,71 @@ def report_(name: str, fmt: str, store_path: Path, suites_file: Path | None, nul
                 "rows": rows,
             }
         )
+        finish(flagged=gate)
         return
-    values = [_row_values(r) for r in rows]
     notes = [f"{r['base']} -> {r['offspring']}: {r['paper_note']}" for r in rows if r["paper_note"]]
     if mc_note:
         notes.append(mc_note)
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(_COLUMNS)
-        for r in rows:
-            cells = [r["label" if c == "expected" else c] for c in _COLUMNS]
-            writer.writerow(["" if v is None else v for v in cells])
-        click.echo(buf.getvalue(), nl=False)
-        return
-    headers = {"paper_abs_z": "paper |z|", "score_q": "score_q", "score_k": "score_k", "p_holm": "p (Holm)"}
-    if fmt == "md":
-        click.echo("| " + " | ".join(headers.get(c, c) for c in _COLUMNS) + " |")
-        click.echo("|" + "|".join("---:" if c in ("score_q", "score_k", "score", "z", "paper_abs_z") else "---" for c in _COLUMNS) + "|")
-        for v in values:
-            click.echo("| " + " | ".join(v[c].replace("|", "\\|") for c in _COLUMNS) + " |")
-        for note in notes:
-            click.echo(f"\nNote: {note}")
-        return
+        _print_csv(rows)
+    elif fmt == "md":
+        _print_md(rows, notes)
+    else:
+        _print_table(s, rows, store_path, notes)
+    finish(flagged=gate)
+
+
+_HEADERS = {"paper_abs_z": "paper |z|", "p_holm": "p (Holm)"}
+_NUMERIC = ("score_q", "score_k", "score", "z", "p_holm", "paper_abs_z")
+
+
+def _print_csv(rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_COLUMNS)
+    for r in rows:
+        cells = [r["label" if c == "expected" else c] for c in _COLUMNS]
+        writer.writerow(["" if v is None else v for v in cells])
+    click.echo(buf.getvalue(), nl=False)
+
+
+def _print_md(rows: list[dict[str, Any]], notes: list[str]) -> None:
+    click.echo("| " + " | ".join(_HEADERS.get(c, c) for c in _COLUMNS) + " |")
+    click.echo("|" + "|".join("---:" if c in _NUMERIC else "---" for c in _COLUMNS) + "|")
+    for v in map(_row_values, rows):
+        click.echo("| " + " | ".join(v[c].replace("|", "\\|") for c in _COLUMNS) + " |")
+    for text in notes:
+        click.echo(f"\nNote: {text}")
+
+
+#: Below this many columns the table shows each pair on two lines and leaves score_q/score_k to csv/md/json.
+_WIDE = 130
+
+
+def _print_table(s: Any, rows: list[dict[str, Any]], store_path: Path, notes: list[str]) -> None:
+    """The suite table on stdout, full at wide terminals and compact (still every name in full) at 80 columns."""
     t = table(title=f"{s.name} ({s.category}; expected {s.label})")
-    for c in _COLUMNS:
-        t.add_column(headers.get(c, c), justify="right" if c in ("score_q", "score_k", "score", "z", "paper_abs_z") else "left")
-    for v in values:
-        t.add_row(*(escape(v[c]) for c in _COLUMNS))
+    values = [_row_values(r) for r in rows]
+    if console.width >= _WIDE:
+        cols = [c for c in _COLUMNS if c != "category"]
+        add_columns(t, *(_HEADERS.get(c, c) for c in cols), right=tuple(_HEADERS.get(c, c) for c in _NUMERIC), fold=("base", "offspring"))
+        for v in values:
+            t.add_row(*(escape(v[c]) for c in cols))
+    else:
+        cols = ["score", "z", "p_holm", "paper_abs_z"]
+        add_columns(
+            t, "pair", *(_HEADERS.get(c, c) for c in cols), "verdict", right=tuple(_HEADERS.get(c, c) for c in cols), fold=("pair",)
+        )
+        for v in values:
+            pair = f"{escape(v['base'])}\n-> {escape(v['offspring'])}"
+            verdict = v["verdict"] if v["status"] == "done" else v["status"]
+            if v["status"] == "done" and v["verdict"] != v["expected"]:
+                verdict += " *"
+            t.add_row(pair, *(escape(v[c]) for c in cols), escape(verdict))
     console.print(t)
     done = sum(1 for r in rows if r["status"] == "done")
-    console.print(f"{done} of {len(rows)} pairs have results in {escape(str(store_path))}")
-    for note in notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(f"{done} of {len(rows)} pairs have results in {escape(str(store_path))}", soft_wrap=True)
+    if console.width < _WIDE:
+        console.print(f"[dim]* verdict differs from the expected label ({escape(s.label)}); score_q, score_k: --format csv, md or json[/]")
+    for text in notes:
+        note(text, style="yellow")

@@ -8,6 +8,7 @@ tests it without a GPU.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,17 @@ import numpy as np
 from awmtrace.core import cka
 from awmtrace.errors import OptionalDependencyMissing, UsageError
 
-__all__ = ["Backend", "NumpyBackend", "TorchBackend", "select_backend", "DEVICES"]
+__all__ = ["Backend", "NumpyBackend", "TorchBackend", "select_backend", "DEVICES", "is_device"]
 
-DEVICES = ("auto", "cpu", "cuda")
+log = logging.getLogger("awmtrace")
+
+#: What ``device`` accepts (``cuda:N`` for any device index N); :func:`is_device` checks a value.
+DEVICES = ("auto", "cpu", "torch-cpu", "cuda", "cuda:N")
+
+
+def is_device(device: str) -> bool:
+    """Whether :func:`select_backend` accepts ``device`` (one of :data:`DEVICES`, ``cuda:N`` with a number)."""
+    return device in ("auto", "cpu", "torch-cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
 
 
 class Backend:
@@ -138,6 +147,10 @@ def select_backend(device: str) -> tuple[Backend, str | None]:
         if ok:
             return TorchBackend("cuda" if device == "auto" else device), None
         if device == "auto":
+            if why.startswith("PyTorch is not installed"):
+                # The ordinary CPU install: computing on the CPU is what auto means there; the result's device says so.
+                log.info("device auto: %s; computing on the CPU", why)
+                return NumpyBackend(), None
             return NumpyBackend(), f"device auto: {why}; computed on the CPU"
         raise OptionalDependencyMissing(f"--device {device} is not available: {why}; use --device cpu or auto")
     raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")

@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from awmtrace.errors import AwmError, FormatError, HubError, InputNotFound
+from awmtrace.errors import AwmError, FormatError, HubError, InputNotFound, first_line
 from awmtrace.io.base import TensorSource
 from awmtrace.io.vocab import TOKENIZER_FILES, TOKENIZER_SIDECARS
 
@@ -574,9 +574,7 @@ class _Hub:
         return bytes(buf)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+_first_line = first_line
 
 
 @dataclass

@@ -20,7 +20,7 @@ import ml_dtypes  # also registers numpy's 'bfloat16' dtype, which safetensors' 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from awmtrace.errors import FormatError, InputNotFound, MissingTensor
+from awmtrace.errors import FormatError, InputNotFound, MissingTensor, first_line
 from awmtrace.io.base import (
     RAW_DTYPES,
     RawLayout,
@@ -43,8 +43,7 @@ def _open(path: Path):  # noqa: ANN202 - safe_open's handle type is private
         raise FormatError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+_short = first_line
 
 
 class SafetensorsSource(TensorSource):

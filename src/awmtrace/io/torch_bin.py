@@ -23,6 +23,7 @@ from awmtrace.errors import (
     MissingTensor,
     OptionalDependencyMissing,
     UnsafeCheckpoint,
+    first_line,
 )
 from awmtrace.io.base import RowReader, TensorSource, read_json, to_float32
 
@@ -92,7 +93,7 @@ class TorchBinSource(TensorSource):
                     warnings.simplefilter("ignore")
                     state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
             except pickle.UnpicklingError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                first = first_line(exc)
                 if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
                     raise UnsafeCheckpoint(
                         f"{file}: refused: this pickle asks to run code or build objects other than tensors "
@@ -101,7 +102,7 @@ class TorchBinSource(TensorSource):
                     ) from None
                 raise FormatError(f"{file}: not a readable PyTorch checkpoint ({first[:160]})") from None
             except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise FormatError(f"{file}: not a readable PyTorch checkpoint ({first[:200]})") from None
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from awmtrace.errors import FormatError, VocabularyError
+from awmtrace.errors import FormatError, VocabularyError, first_line
 from awmtrace.io.base import TensorSource
 
 __all__ = [
@@ -437,7 +437,7 @@ def _from_sentencepiece(path: Path, data: bytes, embedding_rows: int | None = No
     try:
         proc = spm.SentencePieceProcessor(model_proto=data)
     except (RuntimeError, TypeError, ValueError, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise VocabularyError(f"{path}: not a readable SentencePiece model ({first}); the file may be truncated or corrupt") from None
     sidecars = _read_sidecars(path.parent)
     chatglm = path.name == "ice_text.model"

@@ -7,7 +7,6 @@ no pyplot, so no global figure state and no display is ever touched.
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from awmtrace.errors import FormatError
+from awmtrace.errors import FormatError, UsageError
+from awmtrace.report.text import fmt_num
 
 __all__ = [
     "plot_pair",
@@ -51,9 +51,17 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+#: Figure formats by file extension, with the metadata that would make the bytes depend on the day left out.
+FORMATS = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` in the format its extension names (png, svg, pdf); the same figure gives the same bytes."""
     path = Path(path).expanduser()
-    path.write_bytes(figure_png(fig))
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UsageError(f"{path}: cannot tell the figure format from the extension; use .png, .svg or .pdf")
+    fig.savefig(path, format=fmt, dpi=_DPI, metadata=FORMATS[fmt])
     return path
 
 
@@ -73,10 +81,6 @@ def _layers(result: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(row, dict) or not {"index_a", "index_b", "score_q", "score_k"} <= row.keys():
             raise FormatError("result's 'layers' entries need index_a, index_b, score_q and score_k")
     return layers
-
-
-def _fmt_z(z: Any) -> str:
-    return f"{z:.1f}" if isinstance(z, int | float) and math.isfinite(z) else "n/a"
 
 
 def pair_figure(result: dict[str, Any]) -> Figure:
@@ -115,7 +119,7 @@ def pair_figure(result: dict[str, Any]) -> Figure:
     ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
     label = (result.get("verdict") or {}).get("label", "?")
     ax.set_title(
-        f"{short_name(result.get('a'))} vs {short_name(result.get('b'))}: {label.upper()} (z = {_fmt_z(result.get('z'))})",
+        f"{short_name(result.get('a'))} vs {short_name(result.get('b'))}: {label.upper()} (z = {fmt_num(result.get('z'), 1)})",
         fontsize=10,
     )
     if axm is not None:
@@ -138,7 +142,7 @@ def pair_figure_png(result: dict[str, Any]) -> bytes:
 
 
 def plot_pair(result: dict[str, Any], path: str | Path) -> Path:
-    """Write the per-layer figure of one stored result (``PairResult.to_dict()``) as a PNG at ``path``."""
+    """Write the per-layer figure of one stored result (``PairResult.to_dict()``) at ``path`` (.png, .svg or .pdf)."""
     return _save(pair_figure(result), path)
 
 

@@ -18,7 +18,7 @@ from awmtrace.nulls import null_caveats
 from awmtrace.report.figures import pair_figure_png, short_name
 from awmtrace.report.schema import SCHEMA_VERSION
 from awmtrace.report.text import fmt_num as _fmt_num
-from awmtrace.report.text import fmt_p
+from awmtrace.report.text import fmt_p, fmt_value
 
 __all__ = ["write_pair_report", "pair_report_html"]
 
@@ -35,8 +35,21 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .rule { color: #555; } .caveat { background: #fef9e7; border-left: 4px solid #d68910; padding: 0.4em 0.8em; margin: 0.4em 0; }
 .note { color: #555; font-size: 0.9em; } img { max-width: 100%; height: auto; }
 footer { margin-top: 2em; color: #777; font-size: 0.85em; }
-code { background: #f4f4f4; padding: 0 0.2em; }
+code { background: #f4f4f4; padding: 0 0.2em; word-break: break-all; }
+td, th { overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
+figure { margin: 0.5em 0; }
+@media (max-width: 600px) { body { margin: 1em auto; font-size: 15px; } h1 { font-size: 1.25em; } }
+@media print {
+  body { max-width: none; margin: 0; color: #000; }
+  h1, h2, h3 { break-after: avoid; page-break-after: avoid; }
+  figure, table, tr, img, .caveat { break-inside: avoid; page-break-inside: avoid; }
+  .verdict { border: 2px solid #000; color: #000; background: none !important; }
+}
 """
+
+#: No network: the page may load nothing but its own inline style and data: images.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -51,14 +64,14 @@ def _grid(header: list[str], rows: list[list[str]], numeric: set[int] | None = N
         "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _model_rows(result: dict[str, Any]) -> str:
     a, b = result.get("a") or {}, result.get("b") or {}
 
     def cell(m: dict[str, Any], key: str) -> str:
-        return escape(str(m.get(key, "-")))
+        return escape(fmt_value(m.get(key)))
 
     keys = [
         ("model", "spec"),
@@ -81,11 +94,36 @@ def _provenance(prov: dict[str, Any]) -> str:
     for k, v in prov.items():
         if k == "pairs" and isinstance(v, list):
             v = f"{len(v)} pairs (listed in the null file)"
-        text = v if isinstance(v, str) else json.dumps(v)
-        if len(text) > 600:
-            text = text[:600] + " ..."
-        rows.append((str(k), escape(text)))
+        text = json.dumps(v) if isinstance(v, dict) else fmt_value(v)
+        rows.append((str(k), f"<code>{escape(text)}</code>" if len(text) > 80 else escape(text)))
     return _table(rows) if rows else "<p class='note'>no provenance recorded</p>"
+
+
+def _audit(audit: Any) -> str:
+    """The audit trail: tool version, UTC time, command and options, and each input with its content fingerprint."""
+    if not isinstance(audit, dict):
+        return "<h2>Audit trail</h2><p class='note'>not recorded (result written by an older awmtrace)</p>"
+    options = audit.get("options") if isinstance(audit.get("options"), dict) else {}
+    rows = [
+        ("awmtrace version", escape(fmt_value(audit.get("version")))),
+        ("computed (UTC)", escape(fmt_value(audit.get("time_utc")))),
+        ("command", f"<code>{escape(fmt_value(audit.get('command')))}</code>"),
+        ("options", escape(", ".join(f"{k}={fmt_value(v)}" for k, v in options.items())) or "-"),
+    ]
+    inputs = [i for i in audit.get("inputs") or [] if isinstance(i, dict)]
+    grid = _grid(
+        ["input", "path", "content fingerprint", "Hub repo @ commit"],
+        [
+            [
+                escape(fmt_value(i.get("spec"))),
+                f"<code>{escape(fmt_value(i.get('path')))}</code>",
+                f"<code>{escape(fmt_value(i.get('fingerprint')))}</code>",
+                escape(f"{i['repo']} @ {i.get('commit', '?')}" if i.get("repo") else "-"),
+            ]
+            for i in inputs
+        ],
+    )
+    return "<h2>Audit trail</h2>" + _table(rows) + (grid if inputs else "")
 
 
 def _hp(p: Any) -> str:
@@ -124,7 +162,9 @@ def pair_report_html(result: dict[str, Any]) -> str:
             ("thresholds used", escape(", ".join(f"{k}: z >= {v}" for k, v in thresholds.items())) or "-"),
             (
                 "null",
-                escape(f"{null.get('name', '?')}: mean {null.get('mean')}, std {null.get('std')}, n = {null.get('n')}"),
+                escape(
+                    f"{fmt_value(null.get('name'))}: mean {fmt_value(null.get('mean'))}, std {fmt_value(null.get('std'))}, n = {fmt_value(null.get('n'))}"
+                ),
             ),
         ]
     )
@@ -136,7 +176,7 @@ def pair_report_html(result: dict[str, Any]) -> str:
         ("shared tokens", escape(str(al.get("n_shared_tokens", "-")))),
         ("hidden sizes (A, B)", escape(f"{al.get('hidden_size_a')}, {al.get('hidden_size_b')}; base {base}")),
         ("sign flips", escape(str(al.get("n_sign_flips", "-")))),
-        ("identity alignment", escape(str(al.get("identity", "-")))),
+        ("identity alignment", escape(fmt_value(al.get("identity")))),
         ("mean |cos| of matched dims", fmt_num(al.get("mean_abs_cosine"))),
         (
             "layer matching",
@@ -155,6 +195,7 @@ def pair_report_html(result: dict[str, Any]) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         f"<title>awmtrace: {escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         f'<p><span class="verdict {escape(label)}">{escape(label.upper())}</span> '
@@ -167,19 +208,21 @@ def pair_report_html(result: dict[str, Any]) -> str:
         "score lies above the null mean. The normal-tail p-value is P(Z &ge; z) for a standard normal; the empirical "
         "p-value, when the null has raw scores, is (k+1)/(n+1) with k of its n pairs scoring at least as high.</p>",
         "<h2>Per-layer similarity</h2>",
-        f'<img alt="per-layer Wq and Wk similarity of {escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
+        f'<figure><img alt="per-layer Wq and Wk similarity of {escape(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>',
         "<h2>Models</h2>",
         _model_rows(result),
         "<h2>Alignment and layer matching</h2>",
         _table(align_rows),
         "<h2>Per layer</h2>",
         _grid(["layer A", "layer B", "score_q", "score_k", "score"], layer_rows, {0, 1, 2, 3, 4}),
+        _audit(result.get("audit")),
     ]
     ffn = result.get("ffn")
     if isinstance(ffn, dict) and ffn.get("layers"):
         ffn_rows = [
             [escape(str(r.get("weight"))), str(r.get("index_a")), str(r.get("index_b")),
-             escape(str(r.get("expert_a", "-"))), escape(str(r.get("expert_b", "-"))), fmt_num(r.get("score"))]
+             escape(fmt_value(r.get("expert_a"))), escape(fmt_value(r.get("expert_b"))), fmt_num(r.get("score"))]
             for r in ffn["layers"]
         ]  # fmt: skip
         parts += [
@@ -192,7 +235,7 @@ def pair_report_html(result: dict[str, Any]) -> str:
         _table(
             [
                 ("name", escape(str(null.get("name", "?")))),
-                ("mean / std / n", escape(f"{null.get('mean')} / {null.get('std')} / {null.get('n')}")),
+                ("mean / std / n", escape(f"{fmt_value(null.get('mean'))} / {fmt_value(null.get('std'))} / {fmt_value(null.get('n'))}")),
                 ("raw scores", "yes" if null.get("has_raw_scores") else "no"),
                 ("source", escape(str(null.get("source", "-")))),
             ]

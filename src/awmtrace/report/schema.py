@@ -20,3 +20,19 @@ def finite_json(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [finite_json(v) for v in obj]
     return obj
+
+
+#: Commands whose ``--json`` output has a published schema (``awmtrace/data/schemas/<name>.schema.json``, draft 2020-12).
+SCHEMAS = ("compare", "inspect", "demo", "suite-run", "suite-report", "suite-list", "suite-show", "evaluate", "calibrate", "fetch")
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of one command's ``--json`` output, e.g. ``load_schema("compare")``."""
+    import json
+    from importlib import resources
+
+    if name not in SCHEMAS:
+        raise KeyError(f"no schema named {name!r}; known: {', '.join(SCHEMAS)}")
+    text = (resources.files("awmtrace.data") / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
