@@ -318,3 +318,55 @@ def test_version_and_python_m() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     out = subprocess.run([sys.executable, "-m", "awmtrace", "--version"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and f"awm, version {__version__}" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def suite_files(tmp_path_factory: pytest.TempPathFactory, deep: dict[str, Path]) -> dict[str, Path]:
+    """A two-pair suite over models with long names (one kept as a flat folder name), and its store."""
+    root = tmp_path_factory.mktemp("suite")
+    long_a, long_b, long_c = (f"{n}-model-7b-chat-hf-v1.2" for n in ("base", "drift", "stranger"))
+    suites = {
+        "suites": {
+            "longnames": {
+                "category": "SFT",
+                "label": "related",
+                "models": {long_a: None, long_b: None, long_c: None},
+                "pairs": [[long_a, long_b], [long_a, long_c]],
+            }
+        }
+    }
+    (root / "suites.json").write_text(json.dumps(suites))
+    models = root / "models"
+    models.mkdir()
+    for name, src in ((long_a, deep["base"]), (long_b, deep["drift"]), (long_c, deep["independent"])):
+        (models / name).symlink_to(src, target_is_directory=True)
+    return {"suites": root / "suites.json", "models": models, "store": root / "r.sqlite", "names": [long_a, long_b, long_c]}  # type: ignore[dict-item]
+
+
+def test_suite_run_announces_pairs_and_gates(suite_files: dict[str, Path]) -> None:
+    common = ["--suites", str(suite_files["suites"]), "--store", str(suite_files["store"])]
+    r = invoke("suite", "run", "longnames", "--models-dir", str(suite_files["models"]), "--device", "cpu", "--no-fetch", *common)
+    assert r.exit_code == 0, r.output
+    a, b, c = suite_files["names"]  # type: ignore[misc]
+    announce, done = f"[1/2] {a} vs {b} ...", f"[1/2] {a} vs {b}: score"
+    assert announce in r.stderr and done in r.stderr
+    assert r.stderr.index(announce) < r.stderr.index(done) < r.stderr.index(f"[2/2] {a} vs {c} ...")
+    again = invoke("suite", "run", "longnames", "--models-dir", str(suite_files["models"]), "--no-fetch", "--fail-on", "related", *common)
+    assert again.exit_code == 1 and "already stored" in again.stderr  # one stored pair is related
+    assert invoke("suite", "report", "longnames", "--fail-on", "related", *common).exit_code == 1
+
+
+def test_suite_report_table_is_readable_at_80_columns(suite_files: dict[str, Path]) -> None:
+    common = ["--suites", str(suite_files["suites"]), "--store", str(suite_files["store"])]
+    invoke("suite", "run", "longnames", "--models-dir", str(suite_files["models"]), "--no-fetch", "-q", *common)
+    r = invoke("suite", "report", "longnames", *common, env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    for name in suite_files["names"]:  # type: ignore[attr-defined]
+        assert name in r.stdout  # whole, on one line: names that fit the column are never folded
+    assert "…" not in r.stdout
+    assert re.search(r"independent \*", r.stdout)  # the stranger's verdict differs from the suite's label
+    wide = invoke("suite", "report", "longnames", *common, env={"COLUMNS": "200"})
+    header = next(line for line in lines if line.lstrip().startswith("pair"))
+    assert "score_q" not in header and re.search(r"^\s*base\s+offspring\s+score_q", wide.stdout, re.M)

@@ -149,7 +149,7 @@ def _input_label() -> str:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return ""
-    values = []
+    values: list[str] = []
     for param in ctx.command.params:
         if isinstance(param, click.Argument):
             v = ctx.params.get(param.name or "")

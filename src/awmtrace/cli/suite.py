@@ -353,12 +353,14 @@ def _print_table(s: Any, rows: list[dict[str, Any]], store_path: Path, notes: li
         for v in values:
             t.add_row(*(escape(v[c]) for c in cols))
     else:
-        cols = ["score", "z", "p_holm", "paper_abs_z"]
-        add_columns(
-            t, "pair", *(_HEADERS.get(c, c) for c in cols), "verdict", right=tuple(_HEADERS.get(c, c) for c in cols), fold=("pair",)
-        )
+        cols = ["score", "z", "p_holm"] + (["paper_abs_z"] if any(v["paper_abs_z"] != "-" for v in values) else [])
+        t = table(title=t.title, expand=True)
+        t.add_column("pair", overflow="fold", ratio=1)  # the names take all the width the numbers leave
+        for c in cols:
+            t.add_column(_HEADERS.get(c, c), justify="right", no_wrap=True)
+        t.add_column("verdict", no_wrap=True)
         for v in values:
-            pair = f"{escape(v['base'])}\n-> {escape(v['offspring'])}"
+            pair = f"{escape(v['base'])} ->\n{escape(v['offspring'])}"
             verdict = v["verdict"] if v["status"] == "done" else v["status"]
             if v["status"] == "done" and v["verdict"] != v["expected"]:
                 verdict += " *"

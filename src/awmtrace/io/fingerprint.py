@@ -36,13 +36,13 @@ def _update_from_file(h: Any, path: Path, offset: int, nbytes: int) -> None:
             left -= len(block)
 
 
-def _stored_bytes(source: TensorSource, name: str) -> memoryview | None:
+def _stored_bytes(source: TensorSource, name: str) -> np.ndarray | None:
     """The tensor's bytes as stored (quantised blocks included) when the reader exposes them without a copy."""
     tensors = getattr(source, "_tensors", None)
     t = tensors.get(name) if isinstance(tensors, dict) else None
     data = getattr(t, "data", None)
     if isinstance(data, np.ndarray):  # GGUF: the memory-mapped stored blocks
-        return memoryview(np.ascontiguousarray(data)).cast("B")
+        return np.ascontiguousarray(data)
     return None
 
 
@@ -64,7 +64,7 @@ def content_fingerprint(source: TensorSource, names: Iterable[str]) -> str:
             continue
         stored = _stored_bytes(source, name)
         if stored is not None:
-            h.update(stored)
+            h.update(stored.data)
             continue
         h.update(np.ascontiguousarray(source.read(name), dtype="<f4").tobytes())
     return h.hexdigest()

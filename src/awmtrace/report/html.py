@@ -36,7 +36,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #555; font-size: 0.9em; } img { max-width: 100%; height: auto; }
 footer { margin-top: 2em; color: #777; font-size: 0.85em; }
 code { background: #f4f4f4; padding: 0 0.2em; word-break: break-all; }
-td, th { overflow-wrap: anywhere; }
+td { overflow-wrap: anywhere; } th { overflow-wrap: normal; hyphens: auto; min-width: 6em; }
 .scroll { overflow-x: auto; max-width: 100%; }
 figure { margin: 0.5em 0; }
 @media (max-width: 600px) { body { margin: 1em auto; font-size: 15px; } h1 { font-size: 1.25em; } }
@@ -103,7 +103,8 @@ def _audit(audit: Any) -> str:
     """The audit trail: tool version, UTC time, command and options, and each input with its content fingerprint."""
     if not isinstance(audit, dict):
         return "<h2>Audit trail</h2><p class='note'>not recorded (result written by an older awmtrace)</p>"
-    options = audit.get("options") if isinstance(audit.get("options"), dict) else {}
+    raw_options = audit.get("options")
+    options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
     rows = [
         ("awmtrace version", escape(fmt_value(audit.get("version")))),
         ("computed (UTC)", escape(fmt_value(audit.get("time_utc")))),
