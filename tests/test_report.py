@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from awmtrace.cli import main
-from awmtrace.errors import FormatError
+from awmtrace.errors import FormatError, UsageError
 from awmtrace.evaluate import PairEntry, evaluate
 from awmtrace.report.figures import plot_pair, plot_roc, plot_scores
 from awmtrace.report.html import pair_report_html, write_pair_report
@@ -113,11 +115,26 @@ def test_plot_pair_writes_a_png(tmp_path: Path, depths: tuple[int, int]) -> None
 
 
 def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
-    plot_pair(_result(), tmp_path / "a.png")
-    if "matplotlib.pyplot" in sys.modules:
-        import matplotlib.pyplot as plt
+    # In a fresh interpreter (pytest or another test may have imported pyplot here): drawing never imports pyplot.
+    code = (
+        "import json, sys\n"
+        "from awmtrace.report.figures import plot_pair\n"
+        f"plot_pair(json.loads(sys.argv[1]), {str(tmp_path / 'a.png')!r})\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(_result())], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG)
 
-        assert plt.get_fignums() == []
+
+@pytest.mark.parametrize("ext, magic", [("png", PNG), ("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_plot_pair_writes_the_format_its_extension_names(tmp_path: Path, ext: str, magic: bytes) -> None:
+    first = plot_pair(_result(), tmp_path / f"a.{ext}").read_bytes()
+    assert first.startswith(magic)
+    assert plot_pair(_result(), tmp_path / f"b.{ext}").read_bytes() == first  # no dates: the same result, the same bytes
+    with pytest.raises(UsageError, match=r"\.png, \.svg or \.pdf"):
+        plot_pair(_result(), tmp_path / "a.jpg")
 
 
 def test_plot_pair_refuses_what_is_not_a_result(tmp_path: Path) -> None:
@@ -154,6 +171,43 @@ def test_html_report_is_self_contained_and_shows_the_numbers(tmp_path: Path) -> 
             value = attrs.get(key) or ""
             assert not value.startswith(("http:", "https:", "//")), value
     assert "<style>" in html and "<link" not in html
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+    assert "identity alignment no" in " ".join(text.split()) and "True" not in text and "False" not in text
+    assert "Audit trail" in text and "not recorded" in text  # this stored result predates the audit trail
+
+
+def test_html_report_shows_the_audit_trail() -> None:
+    result = _result()
+    result["audit"] = {
+        "tool": "awmtrace",
+        "version": "9.9.9",
+        "time_utc": "2026-01-02T03:04:05Z",
+        "command": "awm compare",
+        "options": {"weights": "q,k", "per_layer": False},
+        "inputs": [
+            {
+                "spec": "org/base",
+                "kind": "model",
+                "path": "/cache/x",
+                "fingerprint": "sha256:" + "ab" * 32,
+                "repo": "org/base",
+                "commit": "c" * 40,
+            },
+            {"spec": "/models/child", "kind": "model", "path": "/models/child", "fingerprint": "sha256:" + "cd" * 32},
+        ],
+    }
+    text = " ".join(" ".join(_parse(pair_report_html(result)).text).split())
+    for needle in (
+        "9.9.9",
+        "2026-01-02T03:04:05Z",
+        "awm compare",
+        "weights=q,k",
+        "per_layer=no",
+        "ab" * 32,
+        "cd" * 32,
+        "org/base @ " + "c" * 40,
+    ):
+        assert needle in text, needle
 
 
 def test_html_report_with_raw_score_null_states_the_resolution() -> None:

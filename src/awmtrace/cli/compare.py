@@ -45,16 +45,18 @@ def model_name(summary: dict[str, Any]) -> str:
 
 def verdict_line(result: dict[str, Any]) -> str:
     """One line: what was decided about which two models, on what number, under which null."""
-    v = result["verdict"]
-    style = VERDICT_STYLE.get(v["label"], "bold")
+    v = result.get("verdict") or {}
+    label = str(v.get("label", "unknown"))
+    style = VERDICT_STYLE.get(label, "bold")
+    null = result.get("null") or {}
     emp = result.get("p_empirical")
-    resolution = result["null"].get("empirical_resolution")
-    floor = f" (resolution {resolution:.2g})" if resolution else ""
+    resolution = null.get("empirical_resolution")
+    floor = f" (resolution {fmt_p(resolution)})" if resolution else ""
     emp_txt = f", empirical p {fmt_p(emp)}{floor}" if emp is not None else ""
     return (
-        f"[{style}]{v['label'].upper()}[/]: B {escape(model_name(result['b']))} vs A {escape(model_name(result['a']))}: "
-        f"score {fmt_num(result['score'])}, z = {fmt_num(result['z'], 1)}, "
-        f"p = {fmt_p(result['p_value'])}{emp_txt} (null: {escape(result['null']['name'])}; {escape(v['rule'])})"
+        f"[{style}]{escape(label.upper())}[/]: B {escape(model_name(result.get('b') or {}))} vs A {escape(model_name(result.get('a') or {}))}: "
+        f"score {fmt_num(result.get('score'))}, z = {fmt_num(result.get('z'), 1)}, p = {fmt_p(result.get('p_value'))}{emp_txt} "
+        f"(null: {escape(fmt_value(null.get('name')))}; {escape(fmt_value(v.get('rule')))})"
     )
 
 

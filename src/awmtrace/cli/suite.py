@@ -120,10 +120,6 @@ def _repo_text(repo: str | None) -> str:
     return escape(repo) if repo else "[yellow](not given by the paper)[/]"
 
 
-def _fmt(v: float | None, digits: int) -> str:
-    return fmt_num(v, digits, missing="-")
-
-
 @suite.command(
     epilog=epilog(
         "awm suite run sft_pairs",
@@ -232,7 +228,7 @@ def _outcome_line(o: Any) -> str:
         r = o.record.result
         verdict = (r.get("verdict") or {}).get("label", "")
         extra = " [dim](already stored)[/]" if o.status == "skipped" else ""
-        return f"{head} score {_fmt(r.get('score'), 4)}, z {_fmt(r.get('z'), 1)} ({verdict}){extra}"
+        return f"{head} score {fmt_num(r.get('score'), 4, missing='-')}, z {fmt_num(r.get('z'), 1, missing='-')} ({verdict}){extra}"
     if o.status == "missing":
         return f"{head} [yellow]skipped[/], missing {escape(', '.join(o.missing_models))} (reasons below)"
     return f"{head} [bold red]failed[/]: {escape(o.message or '')}"
@@ -246,12 +242,12 @@ def _row_values(d: dict[str, Any]) -> dict[str, str]:
         "category": d["category"],
         "base": d["base"],
         "offspring": d["offspring"],
-        "score_q": _fmt(d["score_q"], 4),
-        "score_k": _fmt(d["score_k"], 4),
-        "score": _fmt(d["score"], 4),
-        "z": _fmt(d["z"], 2),
+        "score_q": fmt_num(d["score_q"], 4, missing="-"),
+        "score_k": fmt_num(d["score_k"], 4, missing="-"),
+        "score": fmt_num(d["score"], 4, missing="-"),
+        "z": fmt_num(d["z"], 2, missing="-"),
         "p_holm": fmt_p(d["p_holm"], missing="-"),
-        "paper_abs_z": _fmt(d["paper_abs_z"], 2),
+        "paper_abs_z": fmt_num(d["paper_abs_z"], 2, missing="-"),
         "verdict": d["verdict"] or "-",
         "expected": d["label"],
         "status": d["status"],

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -61,7 +62,9 @@ def _save(fig: Figure, path: str | Path) -> Path:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise UsageError(f"{path}: cannot tell the figure format from the extension; use .png, .svg or .pdf")
-    fig.savefig(path, format=fmt, dpi=_DPI, metadata=FORMATS[fmt])
+    # A fixed salt makes SVG element ids (clip paths, glyphs) the same on every run.
+    with rc_context({"svg.hashsalt": "awmtrace"}):
+        fig.savefig(path, format=fmt, dpi=_DPI, metadata=FORMATS[fmt])
     return path
 
 
