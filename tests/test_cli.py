@@ -312,7 +312,7 @@ def test_help_has_examples_and_exit_codes() -> None:
         r = invoke(*cmd, "--help")
         assert r.exit_code == 0 and "Examples:" in r.stdout and "Exit codes:" in r.stdout, cmd
     top = invoke("--help").stdout
-    assert "_AWM_COMPLETE" in top and "AWM_NO_PROGRESS" in top and "130 interrupted" in top
+    assert "_AWM_COMPLETE" in top and "AWM_NO_PROGRESS" in top and re.search(r"130\s+interrupted", top)
 
 
 def test_version_and_python_m() -> None:
@@ -321,6 +321,10 @@ def test_version_and_python_m() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     out = subprocess.run([sys.executable, "-m", "awmtrace", "--version"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and f"awm, version {__version__}" in out.stdout
+    completion = subprocess.run(
+        [sys.executable, "-m", "awmtrace"], capture_output=True, text=True, env={**env, "_AWM_COMPLETE": "bash_source"}, timeout=60
+    )
+    assert completion.returncode == 0 and "_awm_completion" in completion.stdout and "complete " in completion.stdout
 
 
 @pytest.fixture(scope="module")

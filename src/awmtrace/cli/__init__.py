@@ -37,12 +37,15 @@ class _Group(click.Group):
         return super().parse_args(ctx, args)
 
 
-_COMPLETION = (
-    '\b\nShell completion: eval "$(_AWM_COMPLETE=bash_source awm)" in ~/.bashrc '
-    "(zsh_source for zsh, fish_source for fish).\n"
-    "Environment: NO_COLOR (no colours), AWM_NO_PROGRESS=1 (no progress), "
-    "AWM_PROGRESS_INTERVAL=SECONDS (progress lines when stderr is not a terminal)."
-)
+_COMPLETION = """\b
+Shell completion (bash; zsh_source / fish_source for zsh / fish):
+  eval "$(_AWM_COMPLETE=bash_source awm)"      # in ~/.bashrc
+
+\b
+Environment:
+  NO_COLOR=1                  no colours
+  AWM_NO_PROGRESS=1           no progress messages (as -q)
+  AWM_PROGRESS_INTERVAL=SEC   seconds between progress lines when stderr is not a terminal (default 10)"""
 
 
 @click.group(

@@ -37,11 +37,16 @@ EXIT_INCOMPLETE = 5  # some pairs (or Hub ids) have no result; the others were s
 EXIT_INTERNAL = 70  # an unexpected error inside awmtrace (sysexits' EX_SOFTWARE): a bug, please report it
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
-EXIT_CODES_HELP = (
-    "\b\nExit codes: 0 ok; 1 --fail-on matched; 2 usage error; 3 bad input; "
-    "4 output file not written (result still printed); 5 incomplete (some pairs missing); "
-    "70 internal error (run with -v for the traceback); 130 interrupted."
-)
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    ok
+  1    --fail-on matched the verdict
+  2    usage error
+  3    bad input (missing, corrupt or unsupported model, Hub error, ...)
+  4    an output file was not written (the result is still printed)
+  5    incomplete: some pairs (or Hub ids) have no result
+  70   internal error: run again with -v for the traceback, and report it
+  130  interrupted"""
 
 
 def epilog(*examples: str) -> str:
