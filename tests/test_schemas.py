@@ -88,7 +88,9 @@ def test_suite_outputs_validate(suite_env: dict[str, Path]) -> None:
     ran = run_json("suite", "run", "mini", "--models-dir", str(suite_env["models"]), "--device", "cpu", "--no-fetch", "--json", *common)
     check("suite-run", ran)
     assert ran["counts"]["done"] == 1 and ran["counts"]["missing"] == 1
-    assert any(i["kind"] == "suites" and i["fingerprint"].startswith("sha256:") for i in ran["audit"]["inputs"])
+    inputs = ran["audit"]["inputs"]
+    assert any(i["kind"] == "suites" and i["fingerprint"].startswith("sha256:") for i in inputs)
+    assert {i["spec"] for i in inputs if i["kind"] == "model"} == {"base", "drift"}
     check("suite-report", run_json("suite", "report", "mini", "--format", "json", *common))
     check("suite-list", run_json("suite", "list", "--json"))
     check("suite-show", run_json("suite", "show", "sft_pairs", "--json"))

@@ -196,6 +196,11 @@ def friendly_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # The reader of stdout went away (`awm ... | head`): nothing more can be delivered; say so by the exit code only.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(EXIT_OUTPUT)
         except MemoryError:
             where = _input_label()
             err_console.print(

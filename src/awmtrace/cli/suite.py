@@ -26,6 +26,7 @@ from awmtrace.cli.common import (
     progress_reporter,
     quiet_option,
     record_file_input,
+    record_model,
     table,
 )
 from awmtrace.report.text import fmt_num, fmt_p
@@ -213,6 +214,7 @@ def run(
             on_pair=report,
         )
     if as_json:
+        _record_models(result, weights, progress_reporter(quiet or as_json))
         emit_json(result.to_dict())
     else:
         counts = ", ".join(f"{result.count(k)} {k}" for k in ("done", "skipped", "missing", "failed") if result.count(k))
@@ -220,6 +222,22 @@ def run(
         for model, why in result.missing_models.items():
             note(f"missing model {model}: {why}", style="yellow")
     finish(flagged=flagged(labels, fail_on), incomplete=not result.complete)
+
+
+def _record_models(result: Any, weights: str, reporter: Any) -> None:
+    """Content fingerprints of every model a stored result came from, for the audit trail of ``suite run --json``."""
+    from awmtrace.pipeline import open_model, wants_ffn
+
+    models: dict[str, str] = {}
+    for o in result.outcomes:
+        if o.record is not None:
+            models.setdefault(o.record.name_a, o.record.spec_a or "")
+            models.setdefault(o.record.name_b, o.record.spec_b or "")
+    with reporter as progress:
+        for name, spec in models.items():
+            if spec and Path(spec).exists():
+                with progress.stage(f"fingerprinting {name}"), open_model(spec) as model:
+                    record_model(name, model, wants_ffn(weights))
 
 
 def _outcome_line(o: Any) -> str:
