@@ -248,7 +248,7 @@ def check_output(path: Path | None, what: str, suffixes: tuple[str, ...] = (), d
     return path
 
 
-def write_output(what: str, path: Path, write: Callable[[], Any]) -> bool:
+def write_output(what: str, path: Path, write: Callable[[], Any], announce: bool = True) -> bool:
     """Run ``write``; on failure say so on stderr, remember it for the exit code, and go on (the result is still printed)."""
     try:
         write()
@@ -258,7 +258,8 @@ def write_output(what: str, path: Path, write: Callable[[], Any]) -> bool:
             f"[bold red]error:[/] could not write the {what} to {escape(str(path))}: {escape(first_line(exc))}", soft_wrap=True
         )
         return False
-    info(f"{what} written to {path}")
+    if announce:
+        info(f"{what} written to {path}")
     return True
 
 

@@ -148,7 +148,7 @@ def evaluate(
     written: dict[str, Any] = {}
     if out_dir is not None:
         folder = out_dir
-        write_output("evaluation files", folder, lambda: written.update(write_evaluation(ev, folder)))
+        write_output("evaluation files", folder, lambda: written.update(write_evaluation(ev, folder)), announce=False)
     if as_json:
         d = ev.to_dict()
         d["files"] = {k: str(v) for k, v in written.items()}
