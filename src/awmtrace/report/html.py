@@ -36,7 +36,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #555; font-size: 0.9em; } img { max-width: 100%; height: auto; }
 footer { margin-top: 2em; color: #777; font-size: 0.85em; }
 code { background: #f4f4f4; padding: 0 0.2em; word-break: break-all; }
-td { overflow-wrap: anywhere; } th { overflow-wrap: normal; hyphens: auto; min-width: 6em; }
+td { overflow-wrap: anywhere; } th { overflow-wrap: normal; hyphens: auto; min-width: 6em; } thead th { min-width: 0; }
 .scroll { overflow-x: auto; max-width: 100%; }
 figure { margin: 0.5em 0; }
 @media (max-width: 600px) { body { margin: 1em auto; font-size: 15px; } h1 { font-size: 1.25em; } }
@@ -127,6 +127,12 @@ def _audit(audit: Any) -> str:
     return "<h2>Audit trail</h2>" + _table(rows) + (grid if inputs else "")
 
 
+def _p_relation(p: Any) -> str:
+    """``= 0.012`` or ``< 1e-300``: the p-value after its relation sign."""
+    text = fmt_p(p)
+    return escape(text if text.startswith("<") else f"= {text}")
+
+
 def _hp(p: Any) -> str:
     return escape(fmt_p(p))
 
@@ -201,7 +207,7 @@ def pair_report_html(result: dict[str, Any]) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p><span class="verdict {escape(label)}">{escape(label.upper())}</span> '
         f'<span class="rule">score {fmt_num(result.get("score"))}, z = {fmt_num(result.get("z"), 2)}, '
-        f"p = {_hp(result.get('p_value'))}</span></p>",
+        f"p {_p_relation(result.get('p_value'))}</span></p>",
         "<h2>Evidence</h2>",
         evidence,
         caveats,
