@@ -377,3 +377,13 @@ def test_suite_report_table_is_readable_at_80_columns(suite_files: dict[str, Pat
     wide = invoke("suite", "report", "longnames", *common, env={"COLUMNS": "200"})
     header = next(line for line in lines if line.lstrip().startswith("pair"))
     assert "score_q" not in header and re.search(r"^\s*base\s+offspring\s+score_q", wide.stdout, re.M)
+
+
+def test_progress_bars_with_eta_on_a_terminal(family: dict[str, Path]) -> None:
+    # FORCE_COLOR makes rich treat stderr as a terminal: bars (transient, redrawn) with elapsed time and ETA.
+    r = invoke(
+        "compare", str(family["base"]), str(family["drift"]), "--json", env={"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
+    )
+    assert r.exit_code == 0, r.output
+    assert "━" in r.stderr and "eta" in r.stderr and "scoring layers" in r.stderr and "opening A" in r.stderr
+    json.loads(r.stdout)

@@ -104,7 +104,7 @@ def _summary_table(path: str, d: dict[str, Any]) -> Any:
     t = table(show_header=False, title=escape(path))
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
-    unstated = "not stated (derived from shapes)"
+    unstated = "not stated in the checkpoint"
     rows = [
         ("format", d["format"]),
         (
