@@ -159,15 +159,17 @@ def evaluate(
     t = table(show_header=False, title=f"{ev.n_related} related vs {ev.n_independent} independent pairs")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("AUC", f"{ev.auc:.4f}")
+    t.add_row("AUC", fmt_num(ev.auc))
     t.add_row(
         f"pAUC (FPR <= {ev.max_fpr:g})",
-        f"{ev.pauc:.4f} McClish-standardised; raw area {ev.pauc_raw:.5f} = {ev.pauc_normalized:.4f} of the strip",
+        f"{fmt_num(ev.pauc)} McClish-standardised; raw area {fmt_num(ev.pauc_raw, 5)} = {fmt_num(ev.pauc_normalized)} of the strip",
     )
-    t.add_row(f"TPR at {ev.fpr_target:.0%} FPR", f"{ev.tpr_at_fpr:.4f} (at FPR {ev.fpr_at_target:.4f})")
-    z_txt = f" (z = {thr['z']:.2f} under {escape(str(thr['null']))})" if "z" in thr else ""
-    t.add_row("best threshold", f"score >= {thr['threshold']:.5g}{z_txt}: TPR {thr['tpr']:.3f}, FPR {thr['fpr']:.3f}")
-    t.add_row("margin", f"{thr['margin']:.5g} ({'separable' if thr['separable'] else 'classes overlap'})")
+    t.add_row(f"TPR at {ev.fpr_target:.0%} FPR", f"{fmt_num(ev.tpr_at_fpr)} (at FPR {fmt_num(ev.fpr_at_target)})")
+    z_txt = f" (z = {fmt_num(thr['z'], 2)} under {escape(str(thr['null']))})" if thr.get("z") is not None else ""
+    t.add_row(
+        "best threshold", f"score >= {fmt_num(thr['threshold'], 5)}{z_txt}: TPR {fmt_num(thr['tpr'], 3)}, FPR {fmt_num(thr['fpr'], 3)}"
+    )
+    t.add_row("margin", f"{fmt_num(thr['margin'], 5)} ({'separable' if thr['separable'] else 'classes overlap'})")
     console.print(t)
     console.print(f"[dim]threshold: {escape(thr['rule'])}[/]")
     zt = table(title="|z| of related pairs")
