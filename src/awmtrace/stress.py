@@ -240,7 +240,12 @@ class StressReport:
             "model": self.model,
             "seed": self.seed,
             "check": self.check.to_dict(),
-            "null": {"name": self.null.get("name"), "mean": self.null.get("mean"), "std": self.null.get("std")},
+            "null": {
+                "name": self.null.get("name"),
+                "mean": self.null.get("mean"),
+                "std": self.null.get("std"),
+                "thresholds": dict(self.results[0].pair.verdict.thresholds) if self.results else {},
+            },
             "transforms": [r.to_dict() for r in self.results],
             "elapsed_s": self.elapsed_s,
             "notes": list(self.notes),

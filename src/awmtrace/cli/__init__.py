@@ -26,6 +26,7 @@ def main(verbose: int) -> None:
 from awmtrace.cli import compare as _compare  # noqa: E402,F401
 from awmtrace.cli import hub as _hub  # noqa: E402,F401
 from awmtrace.cli import stats as _stats  # noqa: E402,F401
+from awmtrace.cli import stress as _stress  # noqa: E402,F401
 from awmtrace.cli import suite as _suite  # noqa: E402,F401
 
 __all__ = ["main"]
