@@ -40,12 +40,13 @@ def _fmt_err(row: dict[str, Any]) -> str:
     if err is None:
         return "-"
     text = f"{err:.1e}"
-    return text if row.get("check_passed") else f"[bold red]{text} FAILED[/]"
+    return text if row.get("check_passed") else f"[bold red]FAIL {text}[/]"
 
 
 def print_report(data: dict[str, Any]) -> None:
     """The stress table, its notes and how the check was run."""
-    t = table(title=f"awm stress {escape(str(data['model'].get('spec') or data['model']['path']))}")
+    # No edges and collapsed padding: seven columns fit 80 characters.
+    t = table(title=f"awm stress {escape(str(data['model'].get('spec') or data['model']['path']))}", show_edge=False, collapse_padding=True)
     for col, just in (
         ("transform", "left"),
         ("preserving", "left"),
