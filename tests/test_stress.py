@@ -273,3 +273,54 @@ def test_layer_weights_are_not_modified_in_place(inputs) -> None:  # noqa: ANN00
         t.apply(w, np.random.default_rng(0))
     for (q, g), layer in zip(snapshot, w.layers, strict=True):
         assert np.array_equal(q, layer.q) and layer.gamma is not None and np.array_equal(g, layer.gamma)
+
+
+def test_q4_k_quantiser_matches_a_literal_transcription_of_ggml() -> None:
+    from q4k_reference import quantize_block_q4_k
+
+    from awmtrace.quantize import quantize_q4_k
+
+    rng = np.random.default_rng(0)
+    blocks = np.concatenate(
+        [
+            rng.standard_normal((3, 256)) * 0.02,  # weight-like
+            rng.standard_normal((3, 256)) + 0.5,  # shifted: negative mins
+            np.abs(rng.standard_normal((2, 256))),  # all positive: ggml's this_min > 0 branch
+            rng.standard_t(3, (3, 256)) * 0.05,  # heavy tails
+            np.zeros((1, 256)),  # flat
+        ]
+    ).astype(np.float32)
+    ref = np.frombuffer(b"".join(quantize_block_q4_k(b) for b in blocks), dtype=np.uint8).reshape(len(blocks), 144)
+    ours = quantize_q4_k(blocks)
+    # Float32 sums in a different order may flip a near-tie; everything else is byte for byte.
+    assert np.mean([np.array_equal(r, o) for r, o in zip(ref, ours, strict=True)]) >= 0.8
+    assert np.count_nonzero(ref != ours) <= 0.005 * ref.size
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "per_head", "kv_group"])
+def test_v_is_cut_from_fused_qkv_in_each_layout(layout: str) -> None:
+    from awmtrace.arch.qkv import split_qkv
+    from awmtrace.stress_check import _split_v
+
+    nh, nkv, hd, d_in = (4, 4, 3, 5) if layout == "per_head" else (4, 2, 3, 5)
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((nh * hd, d_in)), rng.standard_normal((nkv * hd, d_in)), rng.standard_normal((nkv * hd, d_in))
+    if layout == "contiguous":
+        fused = np.vstack([q, k, v])
+    elif layout == "per_head":
+        fused = np.stack([q.reshape(nh, hd, d_in), k.reshape(nh, hd, d_in), v.reshape(nh, hd, d_in)], axis=1).reshape(-1, d_in)
+    else:
+        g = nh // nkv
+        parts = [np.vstack([q[(j * g) * hd : (j + 1) * g * hd], k[j * hd : (j + 1) * hd], v[j * hd : (j + 1) * hd]]) for j in range(nkv)]
+        fused = np.vstack(parts)
+    assert np.array_equal(split_qkv(fused, layout, "k", nh, nkv, hd), k)  # the fused weight is built as arch/qkv.py reads it
+    assert np.array_equal(_split_v(fused, layout, nh, nkv, hd), v)
+
+
+def test_behind_layer_norm_sign_flips_and_rotations_are_not_function_preserving(inputs) -> None:  # noqa: ANN001
+    ln = replace(inputs, norm="layer")
+    for name in ("permute_signs", "haar_rotation"):
+        assert TRANSFORMS[name].rms_only
+        assert not function_check(ln, TRANSFORMS[name]).passed, name
+    for name in ("scale", "gain_fold", "awq_scaling", "qk_rotation"):
+        assert function_check(ln, TRANSFORMS[name]).passed, name

@@ -8,7 +8,9 @@ sub-block a weighted least-squares scale and min over 21 candidate scales,
 then 6-bit scales and mins per 256-value super-block, fp16 ``d``/``dmin``),
 written as real Q4_K blocks and decoded by ``gguf.quants.dequantize``, so
 the bytes are what a GGUF file would hold. The only departure: float32 sums
-run in numpy's pairwise order instead of C's sequential one.
+run in numpy's order instead of C's sequential one and candidate errors are
+compared in an expanded form, which can flip a near-tie (tests compare it
+with a literal scalar transcription: byte-identical blocks but for such ties).
 
 Rows whose length is not a multiple of the block size fall back the way
 llama.cpp's ``llama_tensor_get_type`` does: Q4_K -> Q5_0 (-> F16), others -> F16.
@@ -45,15 +47,15 @@ def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0,
     """``make_qkx2_quants`` for many sub-blocks at once: ``x``, ``w``: ``(n, 32)`` float32 -> ``(scale, the_min, levels)``.
 
     ``scale``, ``the_min`` (ggml's ``-min``, >= 0): ``(n,)``; ``levels``: ``(n, 32)``.
-    Candidate errors ``sum w (s l + m - x)^2`` are expanded into the weighted
-    sums the fit already has (in float64), instead of a second pass per candidate;
-    that only reorders the arithmetic of ggml's comparison.
+    As in ggml, an accepted candidate's min is used by the later candidates
+    (both in ``max - min`` and in ``x - min``). Candidate errors
+    ``sum w (s l + m - x)^2`` are expanded into the weighted sums the fit
+    already has (in float64) instead of a second pass per candidate; that only
+    reorders the arithmetic of ggml's comparison.
     """
     mn = np.minimum(x.min(axis=1), 0.0)
-    span = x.max(axis=1) - mn
-    flat = span == 0
-    span = np.where(flat, np.float32(1.0), span)
-    shifted = x - mn[:, None]
+    mx = x.max(axis=1)
+    flat = mx == mn
     # Per sub-block sums in float32, as ggml accumulates them; the candidate
     # comparison below runs in float64 on these (n,) vectors.
     sum_w = _rowsum(w)
@@ -61,23 +63,27 @@ def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0,
     sum_x = _rowsum(wx)
     sum_x2 = _rowdot(wx, x)
 
-    def fit(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        aux = np.clip(_nearest(iscale[:, None] * shifted), 0, nmax)
+    def levels_at(iscale: np.ndarray, low: np.ndarray) -> np.ndarray:
+        return np.clip(_nearest(iscale[:, None] * (x - low[:, None])), 0, nmax)
+
+    def fit(iscale: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        aux = levels_at(iscale, low)
         wa = w * aux
-        return aux, _rowsum(wa), _rowdot(wa, aux), _rowdot(wa, x)
+        return _rowsum(wa), _rowdot(wa, aux), _rowdot(wa, x)
 
     def error(s: np.ndarray, m: np.ndarray, sl: np.ndarray, sl2: np.ndarray, sxl: np.ndarray) -> np.ndarray:
         return s * s * sl2 + 2 * s * m * sl - 2 * s * sxl + m * m * sum_w - 2 * m * sum_x + sum_x2
 
-    iscale0 = (nmax / span).astype(np.float32)
-    _, sl, sl2, sxl = fit(iscale0)
+    low = mn.astype(np.float32)
+    iscale0 = (nmax / np.where(flat, np.float32(1.0), mx - low)).astype(np.float32)
+    sl, sl2, sxl = fit(iscale0, low)
     scale = 1.0 / iscale0.astype(np.float64)
-    low = mn.astype(np.float64)
-    best = error(scale, low, sl, sl2, sxl)
-    best_iscale = iscale0
+    best = error(scale, low.astype(np.float64), sl, sl2, sxl)
+    best_iscale, best_shift = iscale0, low
     for step in range(nstep + 1):
+        span = np.where(flat, np.float32(1.0), mx - low)
         iscale = ((rmin + rdelta * step + nmax) / span).astype(np.float32)
-        _, sl, sl2, sxl = fit(iscale)
+        sl, sl2, sxl = fit(iscale, low)
         det = sum_w * sl2 - sl * sl
         ok = det > 0
         det = np.where(ok, det, 1.0)
@@ -86,11 +92,13 @@ def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0,
         positive = this_min > 0
         this_scale = np.where(positive, sxl / np.where(sl2 > 0, sl2, 1.0), this_scale)
         this_min = np.where(positive, 0.0, this_min)
-        better = ok & (error(this_scale, this_min, sl, sl2, sxl) < best)
-        best = np.where(better, error(this_scale, this_min, sl, sl2, sxl), best)
-        scale, low = np.where(better, this_scale, scale), np.where(better, this_min, low)
-        best_iscale = np.where(better, iscale, best_iscale)
-    levels = np.where(flat[:, None], np.float32(0.0), fit(best_iscale)[0])
+        err = error(this_scale, this_min, sl, sl2, sxl)
+        better = ok & ~flat & (err < best)
+        best = np.where(better, err, best)
+        scale = np.where(better, this_scale, scale)
+        best_iscale, best_shift = np.where(better, iscale, best_iscale), np.where(better, low, best_shift)
+        low = np.where(better, this_min, low).astype(np.float32)
+    levels = np.where(flat[:, None], np.float32(0.0), levels_at(best_iscale, best_shift))
     return np.where(flat, 0.0, scale).astype(np.float32), (-low).astype(np.float32), levels
 
 
