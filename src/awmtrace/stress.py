@@ -21,7 +21,7 @@ import numpy as np
 
 from awmtrace import __version__
 from awmtrace.arch.resolve import read_attention
-from awmtrace.errors import UsageError
+from awmtrace.errors import UnsupportedArchitecture, UsageError
 from awmtrace.io.memory import MemorySource
 from awmtrace.io.vocab import Vocab
 from awmtrace.pipeline import Model, Progress, compare_models, open_model
@@ -89,17 +89,27 @@ def attention_norm_gain(model: Model, index: int) -> np.ndarray | None:
     return None
 
 
-def _heads(view: ModelView) -> tuple[int, int, int]:
+def _heads(model: Model, q_rows: int, k_rows: int) -> tuple[int, int, int]:
+    """``(n_heads, n_kv_heads, head_dim)`` that fit layer 0's Q ``(q_rows, hidden)`` and K ``(k_rows, hidden)``.
+
+    The head layout decides which Q and K rows rotate together and which KV
+    head each Q head reads, so it must fit the shapes exactly.
+    """
+    view = model.view
     nh = view.n_heads or 1
-    nkv = view.n_kv_heads or nh
-    hd = view.head_dim or view.hidden_size // nh
+    hd = view.head_dim if view.head_dim and q_rows == nh * view.head_dim else q_rows // nh
+    nkv = k_rows // hd if hd else 0
+    if hd <= 0 or nh * hd != q_rows or nkv * hd != k_rows or nkv == 0 or nh % nkv:
+        raise UnsupportedArchitecture(
+            f"{model.spec}: layer 0 has Q with {q_rows} rows and K with {k_rows} rows, which do not fit {view.n_heads} heads "
+            f"({view.n_kv_heads} KV heads) of a common head size; awm stress needs the head layout to transform heads"
+        )
     return nh, nkv, hd
 
 
 def load_weights(model: Model, progress: Progress = _no_progress) -> Weights:
     """The float32 tensors AWM reads from ``model``: embedding, per-layer Q/K and attention-norm gains."""
     view = model.view
-    nh, nkv, hd = _heads(view)
     embed = model.source.read(view.embedding.name)
     if view.embedding.transposed:
         embed = np.ascontiguousarray(embed.T)
@@ -110,6 +120,7 @@ def load_weights(model: Model, progress: Progress = _no_progress) -> Weights:
         model.source.release()
         progress("reading the model", i + 1, len(view.layers))
     rope = "interleaved" if view.format == "gguf" else "half"
+    nh, nkv, hd = _heads(model, layers[0].q.shape[0], layers[0].k.shape[0])
     return Weights(embed=embed, layers=tuple(layers), n_heads=nh, n_kv_heads=nkv, head_dim=hd, rope=rope)
 
 
