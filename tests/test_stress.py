@@ -324,3 +324,24 @@ def test_behind_layer_norm_sign_flips_and_rotations_are_not_function_preserving(
         assert not function_check(ln, TRANSFORMS[name]).passed, name
     for name in ("scale", "gain_fold", "awq_scaling", "qk_rotation"):
         assert function_check(ln, TRANSFORMS[name]).passed, name
+
+
+@pytest.mark.parametrize("example_id", ["internlm2", "pythia", "gpt2 (openai-community names)"])
+def test_fused_qkv_families_are_checked_with_their_own_v(example_id: str, tmp_path: Path) -> None:
+    from test_architectures import EXAMPLES, EXPECTED, Planted
+
+    example = next(ex for _, ex in EXAMPLES if ex.id == example_id)
+    planted = Planted(example, EXPECTED[example_id], tmp_path / "ckpt", seed=1)
+    before = sorted(p.name for p in planted.folder.iterdir())
+    rep = stress(planted.folder, "permute_signs,scale,qk_rotation", min_shared_tokens=16).to_dict()
+    notes = rep["check"]["notes"]
+    assert any(n.startswith("V: ") and "fused QKV" in n for n in notes)
+    # The fixture's O is a placeholder of the wrong shape: random O, and the result says so.
+    assert any("random matrices" in n for n in notes)
+    rows = {r["name"]: r for r in rep["transforms"]}
+    layer_norm = example_id != "internlm2"
+    assert rep["check"]["norm"] == ("layer" if layer_norm else "rms")
+    assert rows["permute_signs"]["function_preserving"] is not layer_norm
+    for row in rows.values():
+        assert row["check_passed"] in (True, None) and row["score"] > 0.99, row
+    assert sorted(p.name for p in planted.folder.iterdir()) == before

@@ -24,7 +24,7 @@ from awmtrace.arch.resolve import read_attention
 from awmtrace.errors import UnsupportedArchitecture, UsageError
 from awmtrace.io.memory import MemorySource
 from awmtrace.io.vocab import Vocab
-from awmtrace.pipeline import Model, Progress, compare_models, open_model
+from awmtrace.pipeline import MIN_SHARED_TOKENS, Model, Progress, compare_models, open_model
 from awmtrace.stress_check import CHECK_TOLERANCE, CheckInputs, CheckResult, attention_norm_kind, check_inputs, function_check
 from awmtrace.transforms import TRANSFORMS, LayerWeights, Transform, Weights
 from awmtrace.types import LayerRefs, ModelView, NullModel, PairResult, TensorRef
@@ -285,12 +285,14 @@ def stress_model(
     seed: int = 0,
     device: str = "auto",
     null: NullModel | str | Path | None = None,
+    min_shared_tokens: int = MIN_SHARED_TOKENS,
     progress: Progress | None = None,
 ) -> StressReport:
     """Score transformed in-memory copies of ``model`` against it (see the module docstring).
 
     ``transforms``: names of :data:`TRANSFORMS` (``"a,b"`` or a list; ``None``:
-    all). ``seed`` draws every random transform and the check tokens.
+    all). ``seed`` draws every random transform and the check tokens;
+    ``device``, ``null`` and ``min_shared_tokens`` are passed to :func:`compare_models`.
     """
     from awmtrace.nulls import load_null
 
@@ -305,7 +307,7 @@ def stress_model(
         notes.append(f"no readable tokenizer ({model.vocab_error or 'none found'}): tokens matched by id")
     base = load_weights(model, progress)
     inputs = check_inputs(model, base, seed)
-    options = {"device": device, "null": null_model}
+    options = {"device": device, "null": null_model, "min_shared_tokens": min_shared_tokens}
     results = []
     for i, name in enumerate(names):
         progress("stress transforms", i, len(names))
