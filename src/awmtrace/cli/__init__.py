@@ -97,6 +97,7 @@ from awmtrace.cli import hub as _hub  # noqa: E402,F401
 from awmtrace.cli import inspect as _inspect  # noqa: E402,F401
 from awmtrace.cli import report as _report  # noqa: E402,F401
 from awmtrace.cli import stats as _stats  # noqa: E402,F401
+from awmtrace.cli import stress as _stress  # noqa: E402,F401
 from awmtrace.cli import suite as _suite  # noqa: E402,F401
 
 __all__ = ["main"]

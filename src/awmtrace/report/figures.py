@@ -27,6 +27,8 @@ __all__ = [
     "plot_roc",
     "roc_figure",
     "plot_scores",
+    "plot_stress",
+    "stress_figure",
     "scores_figure",
     "figure_png",
     "short_name",
@@ -230,3 +232,56 @@ def scores_figure(evaluation: Any) -> Figure:
 def plot_scores(evaluation: Any, path: str | Path) -> Path:
     """Write the score-distribution figure of an evaluation as a PNG."""
     return _save(scores_figure(evaluation), path)
+
+
+_VERDICT_COLORS = {"related": _POS_COLOR, "inconclusive": "#e6a817", "independent": _NEG_COLOR}
+
+
+def stress_figure(report: dict[str, Any]) -> Figure:
+    """``awm stress`` as horizontal bars: each transform's score against the original, coloured by verdict.
+
+    ``report`` is ``StressReport.to_dict()``. Function-preserving transforms are
+    marked with their check; the dotted line is the score at the 'related' z.
+    """
+    rows = report.get("transforms") if isinstance(report, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise FormatError("stress report has no 'transforms' to plot")
+    fig = _figure(8.0, 1.2 + 0.32 * len(rows))
+    ax = fig.subplots(1, 1)
+    y = np.arange(len(rows))[::-1]
+    scores = np.array([r.get("score") if isinstance(r.get("score"), int | float) else np.nan for r in rows], dtype=float)
+    colors = [_VERDICT_COLORS.get(str(r.get("verdict")), "grey") for r in rows]
+    ax.barh(y, np.nan_to_num(scores), color=colors, height=0.7)
+    labels = []
+    for r in rows:
+        mark = ""
+        if r.get("function_preserving"):
+            mark = " [fp, check ok]" if r.get("check_passed") else " [fp, CHECK FAILED]"
+        labels.append(f"{r.get('name')}{mark}")
+    ax.set_yticks(y, labels, fontsize=8)
+    for yi, s, r in zip(y, scores, rows, strict=True):
+        ax.annotate(
+            f"{s:.3f}  z {_fmt_z(r.get('z'))}",
+            (max(float(np.nan_to_num(s)), 0.0), yi),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+        )
+    null = report.get("null") or {}
+    z_rel = (null.get("thresholds") or {}).get("related", 5.0)
+    title = f"awm stress: {short_name(report.get('model'))} (red: related, yellow: inconclusive, green: independent)"
+    if isinstance(null.get("mean"), int | float) and isinstance(null.get("std"), int | float):
+        cut = null["mean"] + z_rel * null["std"]
+        ax.axvline(cut, color="black", linestyle=":", linewidth=1)
+        title += f"\ndotted: score at z = {z_rel:g} ({cut:.3f}); fp: function-preserving, proven on layer 0"
+    ax.set_xlim(min(0.0, float(np.nanmin(scores)) - 0.02), 1.18)
+    ax.set_xlabel("AWM score of the transformed copy against the original")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_stress(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the :func:`stress_figure` of a stored ``awm stress`` report as a PNG at ``path``."""
+    return _save(stress_figure(report), path)
