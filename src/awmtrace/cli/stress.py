@@ -9,17 +9,22 @@ import click
 
 from awmtrace.cli import main
 from awmtrace.cli.common import (
+    check_output,
     console,
+    device_option,
     emit_json,
-    err_console,
+    epilog,
     escape,
+    finish,
     friendly_errors,
     json_option,
     progress_reporter,
     quiet_option,
+    record_input,
     table,
+    write_output,
 )
-from awmtrace.core.backend import DEVICES
+from awmtrace.report.text import fmt_num
 from awmtrace.transforms import TRANSFORMS
 
 _VERDICT_STYLE = {"related": "bold red", "inconclusive": "bold yellow", "independent": "bold green"}
@@ -63,8 +68,8 @@ def print_report(data: dict[str, Any]) -> None:
             row["name"],
             "yes" if row["function_preserving"] else "no",
             _fmt_err(row),
-            f"{row['score']:.4f}",
-            f"{row['z']:.1f}",
+            fmt_num(row["score"]),
+            fmt_num(row["z"], 1),
             f"[{style}]{row['verdict']}[/]",
             f"{row['seconds']:.1f}",
         )
@@ -82,7 +87,15 @@ def print_report(data: dict[str, Any]) -> None:
             console.print(f"[dim]note ({row['name']}): {escape(note)}[/]")
 
 
-@main.command()
+_EXAMPLES = (
+    "awm stress ./my-model                                  # every transform, a table",
+    "awm stress ./my-model --transforms haar_rotation,gain_fold --json",
+    "awm stress org/name --plot stress.png                   # and a bar chart (png, svg or pdf)",
+    "awm stress ./my-model --transforms list                # what each transform does",
+)
+
+
+@main.command(epilog=epilog(*_EXAMPLES))
 @click.argument("model", metavar="MODEL")
 @click.option(
     "--transforms",
@@ -92,9 +105,11 @@ def print_report(data: dict[str, Any]) -> None:
     help=f"Comma-separated transforms, or 'list' to describe them: {', '.join(TRANSFORMS)}.",
 )
 @json_option
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a bar chart of the scores (PNG).")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a bar chart of the scores (.png, .svg or .pdf)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random transform and of the check tokens.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to compute the scores.")
+@device_option()
 @click.option("--null", "null", default=None, metavar="NAME|FILE", help="Null distribution for z (default: the paper's).")
 @quiet_option
 @friendly_errors
@@ -111,15 +126,17 @@ def stress(model: str, transforms: str, as_json: bool, plot: Path | None, seed: 
     from awmtrace.stress import stress as run_stress
 
     names = parse_transforms(transforms)  # a bad name fails here, before the model is opened or anything written
+    plot = check_output(plot, "--plot", ("png", "svg", "pdf"))
+    record_input(model, "model")
     with progress_reporter(quiet) as progress:
         report = run_stress(model, names, seed=seed, device=device, null=null, progress=progress)
     data = report.to_dict()
     if plot is not None:
         from awmtrace.report.figures import plot_stress
 
-        plot_stress(data, plot)
-        err_console.print(f"[dim]figure written to {escape(str(plot))}[/]")
+        write_output("figure", plot, lambda: plot_stress(data, plot))
     if as_json:
         emit_json(data)
     else:
         print_report(data)
+    finish()

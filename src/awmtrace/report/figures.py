@@ -261,7 +261,7 @@ def stress_figure(report: dict[str, Any]) -> Figure:
     ax.set_yticks(y, labels, fontsize=8)
     for yi, s, r in zip(y, scores, rows, strict=True):
         ax.annotate(
-            f"{s:.3f}  z {_fmt_z(r.get('z'))}",
+            f"{s:.3f}  z {fmt_num(r.get('z'), 1)}",
             (max(float(np.nan_to_num(s)), 0.0), yi),
             xytext=(3, 0),
             textcoords="offset points",
@@ -283,5 +283,5 @@ def stress_figure(report: dict[str, Any]) -> Figure:
 
 
 def plot_stress(report: dict[str, Any], path: str | Path) -> Path:
-    """Write the :func:`stress_figure` of a stored ``awm stress`` report as a PNG at ``path``."""
+    """Write the :func:`stress_figure` of a stored ``awm stress`` report at ``path`` (png, svg or pdf by extension)."""
     return _save(stress_figure(report), path)

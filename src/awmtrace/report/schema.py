@@ -23,7 +23,19 @@ def finite_json(obj: Any) -> Any:
 
 
 #: Commands whose ``--json`` output has a published schema (``awmtrace/data/schemas/<name>.schema.json``, draft 2020-12).
-SCHEMAS = ("compare", "inspect", "demo", "suite-run", "suite-report", "suite-list", "suite-show", "evaluate", "calibrate", "fetch")
+SCHEMAS = (
+    "compare",
+    "inspect",
+    "demo",
+    "suite-run",
+    "suite-report",
+    "suite-list",
+    "suite-show",
+    "evaluate",
+    "calibrate",
+    "fetch",
+    "stress",
+)
 
 
 def load_schema(name: str) -> dict[str, Any]:
