@@ -581,5 +581,137 @@ def test_config_beside_a_single_file_is_read(good: Path, tmp_path: Path) -> None
     assert_refused(code, out, str(folder / "config.json"), "num_attention_heads = 0")
 
 
-def _unused() -> None:  # keep imports used by later sections honest
-    _ = (sqlite3, AwmError)
+# ---------------------------------------------------------------- --null files
+
+
+def _null(**fields: object) -> dict[str, object]:
+    data: dict[str, object] = {"format": "awmtrace-null", "format_version": 1, "name": "t", "mean": 0.01, "std": 0.02, "n": 3}
+    data.update(fields)
+    return {k: v for k, v in data.items() if v is not _MISSING}
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"mean": "abc"}, "field 'mean' is 'abc'"),
+        ({"mean": _MISSING}, "field 'mean' is missing"),
+        ({"mean": [1]}, "field 'mean' is [1]"),
+        ({"mean": 10**400}, "field 'mean'"),
+        ({"std": True}, "field 'std' is True"),
+        ({"n": "many"}, "field 'n' is 'many'"),
+        ({"n": 2.5}, "field 'n' is 2.5; expected a whole number"),
+        ({"n": {"a": 1}}, "field 'n'"),
+        ({"format_version": "x"}, "field 'format_version'"),
+        ({"format_version": [2]}, "field 'format_version'"),
+        ({"scores": 5}, "field 'scores' is 5"),
+        ({"scores": ["a", "b", "c"]}, "field 'scores' is 'a'"),
+        ({"scores": [1, 2, 10**400]}, "field 'scores'"),
+        ({"provenance": [1, 2]}, "field 'provenance' is [1, 2]"),
+        ({"provenance": "text"}, "field 'provenance'"),
+    ],
+)
+def test_malformed_null_files_name_the_field(tmp_path: Path, good: Path, fields: dict, needle: str) -> None:
+    path = tmp_path / "null.json"
+    path.write_text(json.dumps(_null(**fields)))
+    code, out = compare("--null", str(path), str(good), str(good))
+    assert_refused(code, out, str(path), needle)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"format": "awmtrace-null", "mean": 1e999, "std": 1, "n": 3}', "1e999 which is not finite"),
+        ('{"format": "awmtrace-null", "mean": 0, "std": Infinity, "n": 3}', "Infinity which is not finite"),
+        ("[" * 20000 + "]" * 20000, "nested too deeply"),
+        ('{"format": "awmtrace-null", "mean": 0, "std": 1, "n": ' + "9" * 5000 + "}", "cannot be read"),
+    ],
+)
+def test_null_files_that_do_not_parse(tmp_path: Path, good: Path, text: str, needle: str) -> None:
+    path = tmp_path / "null.json"
+    path.write_text(text)
+    code, out = compare("--null", str(path), str(good), str(good))
+    assert_refused(code, out, str(path), needle)
+
+
+# ---------------------------------------------------------------- results store
+
+
+def _store_with_one_row(path: Path) -> tuple[str, str]:
+    from awmtrace.store import ResultsStore, StoredRecord
+    from awmtrace.suites import get_suite
+
+    a, b = get_suite("cpt_pairs").pairs[0]
+    result = {"score": 0.9, "score_q": 0.9, "score_k": 0.9, "z": 10.0, "p_value": 1e-5, "verdict": {"label": "related"}}
+    with ResultsStore(path) as store:
+        store.put(StoredRecord.create(name_a=a, name_b=b, suite="cpt_pairs", label="related", result=result))
+    return a, b
+
+
+@pytest.mark.parametrize(
+    ("sql_value", "needle"),
+    [
+        ("'{'", "unreadable JSON"),
+        ("X'FFFE00'", "unreadable JSON"),
+        ("'[1, 2]'", "the result is list"),
+        ("""'{"score": "abc"}'""", "result field 'score' is 'abc'"),
+        ("""'{"p_value": "0.1"}'""", "result field 'p_value'"),
+        ("""'{"verdict": "related"}'""", "result field 'verdict' is str"),
+        ("'" + "[" * 20000 + "]" * 20000 + "'", "unreadable JSON"),
+    ],
+)
+def test_damaged_row_in_suite_report_names_the_row(tmp_path: Path, sql_value: str, needle: str) -> None:
+    path = tmp_path / "r.sqlite"
+    a, b = _store_with_one_row(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE results SET result = {sql_value}")
+    res = CliRunner().invoke(main, ["suite", "report", "cpt_pairs", "--store", str(path)])
+    assert_refused(res.exit_code, res.output, str(path), "damaged row", f"{a} vs {b}", needle)
+
+
+def test_read_only_store_opens_for_reading(tmp_path: Path) -> None:
+    from awmtrace.errors import StoreError
+    from awmtrace.store import ResultsStore, StoredRecord
+
+    path = tmp_path / "r.sqlite"
+    a, _ = _store_with_one_row(path)
+    with ResultsStore(path, readonly=True) as store:
+        assert store.readonly and len(store) == 1 and store.records()[0].name_a == a
+        with pytest.raises(StoreError, match="opened read-only"):
+            store.put(StoredRecord.create(name_a="x", name_b="y", result={}))
+    with sqlite3.connect(path) as conn:  # the file was not changed
+        assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
+
+
+def test_store_this_user_may_not_write_is_read_for_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a user without write permission sees it (tests run as root, who may write anything).
+    path = tmp_path / "r.sqlite"
+    a, b = _store_with_one_row(path)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *args, **kw: False if mode & os.W_OK else real_access(p, mode, *args, **kw))
+    res = CliRunner().invoke(main, ["suite", "report", "cpt_pairs", "--store", str(path), "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert a in res.output and "0.9" in res.output
+
+
+def test_read_only_store_for_real_when_not_root(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "r.sqlite"
+    a, _ = _store_with_one_row(path)
+    path.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("this process writes whatever the mode (root)")
+        res = CliRunner().invoke(main, ["suite", "report", "cpt_pairs", "--store", str(path), "--format", "csv"])
+        assert res.exit_code == 0 and a in res.output, res.output
+    finally:
+        folder.chmod(0o755)
+        path.chmod(0o644)
+
+
+def test_errors_are_awm_errors() -> None:
+    assert issubclass(NotARegularFile, AwmError) and issubclass(PermissionDenied, AwmError)
