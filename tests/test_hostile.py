@@ -446,6 +446,15 @@ def test_malformed_json_inputs(good: Path, tmp_path: Path, name: str, content: b
     assert_refused(code, out, name, needle)
 
 
+def test_oversized_json_is_refused_before_reading(good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import awmtrace.io.base as base
+
+    monkeypatch.setattr(base, "MAX_TEXT_BYTES", 1000)
+    model = _with_file(good, tmp_path / "model", "config.json", '{"pad": "' + "x" * 2000 + '"}')
+    code, out = compare(str(good), str(model))
+    assert_refused(code, out, str(model / "config.json"), "config.json of 2011 bytes, more than the 1000")
+
+
 def test_huge_ids_in_tokenizer_sidecars_are_ignored(good: Path, tmp_path: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(good, model)

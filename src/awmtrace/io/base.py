@@ -37,6 +37,7 @@ __all__ = [
     "WEIGHT_DTYPES",
     "check_regular",
     "open_regular",
+    "read_small_file",
     "is_regular_file",
     "os_error",
 ]
@@ -365,6 +366,22 @@ def open_regular(path: Path | str, what: str = "file", buffering: int = -1) -> i
         raise
 
 
+#: Largest JSON or tokenizer file read whole (the largest real tokenizer.json files are ~35 MB).
+MAX_TEXT_BYTES = 256 << 20
+
+
+def read_small_file(path: Path | str, what: str) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_TEXT_BYTES` (config, tokenizer, index, null files)."""
+    with open_regular(path, what) as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_TEXT_BYTES:
+                raise FormatError(f"{path}: {what} of {size} bytes, more than the {MAX_TEXT_BYTES} any real one needs; refused unread")
+            return fh.read(MAX_TEXT_BYTES + 1)
+        except OSError as exc:
+            raise os_error(path, exc) from None
+
+
 class _NonFinite(ValueError):
     pass
 
@@ -388,11 +405,7 @@ def load_json(path: Path, what: str = "JSON file") -> Any:
     ``NaN``/``Infinity``, integers too long to convert. A FIFO or directory
     under the name is refused (never opened); unreadable files say why.
     """
-    with open_regular(path, what) as fh:
-        try:
-            raw = fh.read()
-        except OSError as exc:
-            raise os_error(path, exc) from None
+    raw = read_small_file(path, what)
     try:
         return json.loads(raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
     except _NonFinite as exc:

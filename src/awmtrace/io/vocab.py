@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from awmtrace.errors import FormatError, InputNotFound, VocabularyError
-from awmtrace.io.base import TensorSource, is_regular_file, load_json, open_regular, os_error
+from awmtrace.io.base import TensorSource, is_regular_file, load_json, read_small_file
 
 __all__ = [
     "Vocab",
@@ -227,11 +227,7 @@ def _token_id(value: Any, where: object, what: str) -> int:
 
 
 def _read_bytes(path: Path) -> bytes:
-    with open_regular(path, "tokenizer file") as fh:
-        try:
-            data = fh.read()
-        except OSError as exc:
-            raise os_error(path, exc) from None
+    data = read_small_file(path, "tokenizer file")
     if not data.strip():
         raise VocabularyError(f"{path}: the tokenizer file is empty")
     return data
