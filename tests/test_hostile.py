@@ -722,5 +722,13 @@ def test_read_only_store_for_real_when_not_root(tmp_path: Path) -> None:
         path.chmod(0o644)
 
 
+def test_fifo_as_store_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "r.sqlite"
+    os.mkfifo(fifo)
+    code, err, seconds = guarded(CLI, "suite", "report", "cpt_pairs", "--store", str(fifo))
+    assert_refused(code, err, "r.sqlite", "FIFO", "not a regular file")
+    assert seconds < 60
+
+
 def test_errors_are_awm_errors() -> None:
     assert issubclass(NotARegularFile, AwmError) and issubclass(PermissionDenied, AwmError)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from awmtrace.errors import StoreError
+from awmtrace.io.base import open_regular
 
 __all__ = [
     "ResultsStore",
@@ -259,7 +260,8 @@ class ResultsStore:
 
     def _check_magic(self) -> None:
         try:
-            with self.path.open("rb") as fh:
+            # open_regular: a FIFO passed as --store is refused instead of blocking the open.
+            with open_regular(self.path, "results store (SQLite file)") as fh:
                 head = fh.read(len(_SQLITE_MAGIC))
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
