@@ -23,6 +23,14 @@ class FormatError(AwmError):
     """A file that is truncated, corrupt, or not what its name says."""
 
 
+class PermissionDenied(AwmError):
+    """A file or folder that exists but that this process may not read."""
+
+
+class NotARegularFile(FormatError):
+    """A FIFO, device, socket or directory where a regular file is expected (never opened: a FIFO would block)."""
+
+
 class UnsafeCheckpoint(FormatError):
     """A pickle checkpoint that would need arbitrary code to load."""
 

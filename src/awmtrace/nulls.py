@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from awmtrace.errors import InputNotFound, StatsError
+from awmtrace.errors import FormatError, InputNotFound, StatsError
+from awmtrace.io.base import load_json
 from awmtrace.types import NullModel
 
 __all__ = [
@@ -38,31 +39,62 @@ NULL_FORMAT = "awmtrace-null"
 NULL_FORMAT_VERSION = 1
 
 
+def _number(data: dict[str, Any], key: str, source: str, default: Any = None) -> float:
+    """A finite number from field ``key``, or a one-line :class:`StatsError` naming the file and the field."""
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise StatsError(f"{source}: field {key!r} is {_shown(value)}; expected a finite number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise StatsError(f"{source}: field {key!r} is {_shown(value)}; expected a finite number") from None
+    if not math.isfinite(number):
+        raise StatsError(f"{source}: field {key!r} is {_shown(value)}, which is NaN or Inf; expected a finite number")
+    return number
+
+
+def _integer(data: dict[str, Any], key: str, source: str, default: int) -> int:
+    number = _number(data, key, source, default)
+    if not number.is_integer():
+        raise StatsError(f"{source}: field {key!r} is {_shown(data.get(key))}; expected a whole number")
+    return int(number)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if value is not None else "missing"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def null_from_dict(data: dict[str, Any], source: str) -> NullModel:
-    """Validate a parsed null file and build a :class:`NullModel`."""
+    """Validate a parsed null file and build a :class:`NullModel`.
+
+    Every malformed field (wrong type, not a number, not finite, overflowing)
+    is a :class:`StatsError` naming ``source`` and the field.
+    """
     if not isinstance(data, dict) or data.get("format") != NULL_FORMAT:
         raise StatsError(f'{source}: not an awmtrace null file (expected "format": "{NULL_FORMAT}")')
-    if int(data.get("format_version", 0)) > NULL_FORMAT_VERSION:
+    if _integer(data, "format_version", source, 0) > NULL_FORMAT_VERSION:
         raise StatsError(
             f"{source}: null file format {data.get('format_version')} is newer than this awmtrace "
             f"understands ({NULL_FORMAT_VERSION}); upgrade awmtrace"
         )
-    try:
-        scores = tuple(float(s) for s in data.get("scores") or ())
-        mean = float(data["mean"])
-        std = float(data["std"])
-        n = int(data.get("n", len(scores)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StatsError(f"{source}: null file needs numeric 'mean', 'std' and 'n' ({exc})") from None
-    if not all(math.isfinite(v) for v in (mean, std, *scores)):
-        raise StatsError(f"{source}: null file holds NaN or Inf")
+    raw_scores = data.get("scores") or []
+    if not isinstance(raw_scores, list):
+        raise StatsError(f"{source}: field 'scores' is {_shown(raw_scores)}; expected a list of numbers")
+    scores = tuple(_number({"scores": s}, "scores", source) for s in raw_scores)
+    mean = _number(data, "mean", source)
+    std = _number(data, "std", source)
+    n = _integer(data, "n", source, len(scores))
     if not std > 0:
         raise StatsError(f"{source}: null has no variance (std={std}); z-scores would be undefined")
     if scores and n != len(scores):
         raise StatsError(f"{source}: 'n' is {n} but the file holds {len(scores)} raw scores; they must agree")
     if n < 2:
         raise StatsError(f"{source}: a null needs at least 2 pairs, found n={n}")
-    provenance = dict(data.get("provenance") or {})
+    provenance = data.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise StatsError(f"{source}: field 'provenance' is {_shown(provenance)}; expected an object")
+    provenance = dict(provenance)
     if data.get("description") and "description" not in provenance:
         provenance["description"] = str(data["description"])
     return NullModel(
@@ -99,12 +131,12 @@ def load_null(spec: str | Path | None = None) -> NullModel:
     path = Path(spec)
     if path.is_dir():
         raise StatsError(f"{path}: is a folder, not a null file (a JSON file written by `awm calibrate`)")
-    if not path.is_file():
+    if not path.exists():
         raise InputNotFound(f"null file {path} does not exist (shipped nulls: {', '.join(shipped_nulls())})")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StatsError(f"{path}: cannot read null file: {exc}") from None
+        data = load_json(path, "null file")
+    except FormatError as exc:
+        raise StatsError(str(exc)) from None
     return null_from_dict(data, str(path))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from awmtrace.errors import StoreError
+from awmtrace.io.base import open_regular
 
 __all__ = [
     "ResultsStore",
@@ -181,11 +183,19 @@ class ResultsStore:
     """An SQLite file of :class:`StoredRecord` rows (a context manager).
 
     ``create``: make the file (and its folder) when it does not exist;
-    otherwise a missing file is a :class:`StoreError`.
+    otherwise a missing file is a :class:`StoreError`. ``readonly``: open
+    for reading only (SQLite ``mode=ro``), which works on a file or folder
+    this user may not write and on a read-only file system. A store opened
+    with ``create=False`` that cannot be opened for writing is opened that
+    way too, so reports, ``evaluate`` and ``calibrate`` read such stores.
     """
 
-    def __init__(self, path: str | Path, create: bool = True) -> None:
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False) -> None:
         self.path = Path(path).expanduser()
+        self.readonly = readonly or (not create and self._not_writable())
+        if self.readonly:
+            self._open_readonly()
+            return
         exists = self.path.exists()
         if exists and self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory, not a results store; pass a file path (e.g. {self.path / DEFAULT_STORE})")
@@ -211,9 +221,47 @@ class ResultsStore:
             self._conn.close()
             raise
 
+    def _not_writable(self) -> bool:
+        """Whether an existing store (or the folder its journal files go in) cannot be written by this process."""
+        if not self.path.is_file():
+            return False
+        return not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+
+    def _open_readonly(self) -> None:
+        """Open with ``mode=ro``; where SQLite cannot even create the WAL index beside it, as an immutable file."""
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a results store; pass a file path (e.g. {self.path / DEFAULT_STORE})")
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no results store here; run `awm suite run` first or check --store")
+        self._check_magic()
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        # mode=ro still needs the -shm file of a WAL database; in a read-only folder without one,
+        # immutable=1 reads the main file as it is (nobody can be writing it: the folder is read-only).
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                self._conn = sqlite3.connect(uri + query, uri=True, timeout=30.0, isolation_level=None)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                self._init(create=False)
+                return
+            except sqlite3.OperationalError as exc:
+                self._conn.close()
+                last = exc
+            except sqlite3.DatabaseError as exc:
+                self._conn.close()
+                raise StoreError(f"{self.path}: not a usable results store ({exc})") from None
+            except StoreError:
+                self._conn.close()
+                raise
+        raise StoreError(f"{self.path}: cannot open the results store for reading ({last})")
+
     def _check_magic(self) -> None:
         try:
-            with self.path.open("rb") as fh:
+            # open_regular: a FIFO passed as --store is refused instead of blocking the open.
+            with open_regular(self.path, "results store (SQLite file)") as fh:
                 head = fh.read(len(_SQLITE_MAGIC))
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
@@ -252,6 +300,8 @@ class ResultsStore:
                 f"{self.path}: written by a newer awmtrace (store schema {version}; this version reads up to "
                 f"{SCHEMA_VERSION}); upgrade awmtrace or pass another --store path"
             )
+        if self.readonly:
+            return
         c.execute("PRAGMA journal_mode = WAL")
         # FULL: a committed result survives power loss too, not only a killed process.
         c.execute("PRAGMA synchronous = FULL")
@@ -263,6 +313,8 @@ class ResultsStore:
             record.spec_a, record.spec_b, record.fingerprint_a, record.fingerprint_b,
             _canonical(record.options), record.tool_version, record.created_at, json.dumps(record.result),
         )  # fmt: skip
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only (this process may not write it); pass another --store path to save results")
         try:
             self._conn.execute(f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", row)
         except sqlite3.Error as exc:
@@ -323,9 +375,40 @@ class ResultsStore:
         try:
             d["options"] = json.loads(d["options"])
             d["result"] = json.loads(d["result"])
-        except (TypeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{self.path}: damaged row {d['key'][:12]} ({exc})") from None
+            problem = _row_problem(d)
+        except (TypeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, huge numbers
+            problem = f"unreadable JSON ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        if problem is not None:
+            key = str(d.get("key"))[:12]
+            raise StoreError(
+                f"{self.path}: damaged row {key} ({d.get('suite')}: {d.get('name_a')} vs {d.get('name_b')}): {problem}; "
+                "re-run that pair into a fresh store, or delete the row"
+            ) from None
         return StoredRecord(**d)
+
+
+# Fields of a stored result that readers use as numbers (None allowed).
+_NUMBER_FIELDS = ("score", "score_q", "score_k", "z", "p_value")
+
+
+def _row_problem(d: dict[str, Any]) -> str | None:
+    """What makes a stored row unusable, or ``None``."""
+    for column in ("key", "name_a", "name_b", "tool_version", "created_at"):
+        if not isinstance(d[column], str):
+            return f"column {column!r} is {type(d[column]).__name__}, expected text"
+    if not isinstance(d["options"], dict):
+        return f"options are {type(d['options']).__name__}, expected a JSON object"
+    result = d["result"]
+    if not isinstance(result, dict):
+        return f"the result is {type(result).__name__}, expected a JSON object"
+    for name in _NUMBER_FIELDS:
+        value = result.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"result field {name!r} is {value!r:.40}, expected a number"
+    for name in ("verdict", "alignment", "layer_matching", "null"):
+        if result.get(name) is not None and not isinstance(result[name], dict):
+            return f"result field {name!r} is {type(result[name]).__name__}, expected an object"
+    return None
 
 
 def model_fingerprint(path: str | Path) -> str:

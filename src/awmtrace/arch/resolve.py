@@ -36,6 +36,7 @@ from gguf import MODEL_ARCH
 
 from awmtrace.arch.names import canonical_role, gguf_arch, gguf_role
 from awmtrace.arch.qkv import LAYOUTS, infer_head_dim, split_qkv
+from awmtrace.arch.sizes import check_sizes
 from awmtrace.errors import AwmError, MissingTensor, UnsupportedArchitecture
 from awmtrace.io.base import TensorSource
 from awmtrace.types import LayerRefs, ModelView, TensorRef
@@ -564,6 +565,8 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
             found,
         )
     vocab_rows, hidden = emb_shape
+    size_keys = ("n_layers_keys", "hidden_keys", "n_heads_keys", "n_kv_heads_keys", "head_dim_keys")
+    check_sizes(source, config, [k for group in size_keys for k in table.defaults.get(group, [])] + ["vocab_size"], emb_shape)
     blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
     n_layers_cfg = config_value(config, table.defaults.get("n_layers_keys", []))
     if source.format == "gguf":

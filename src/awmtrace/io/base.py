@@ -9,22 +9,70 @@ write next to the checkpoint.
 from __future__ import annotations
 
 import errno
+import io
 import json
+import math
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from awmtrace.errors import FormatError, NumericalError
+from awmtrace.errors import FormatError, InputNotFound, NotARegularFile, NumericalError, PermissionDenied
 
-__all__ = ["TensorSource", "RowReader", "RawLayout", "RawBuffer", "read_raw_into", "read_json", "to_float32"]
+__all__ = [
+    "TensorSource",
+    "RowReader",
+    "RawLayout",
+    "RawBuffer",
+    "read_raw_into",
+    "read_json",
+    "load_json",
+    "to_float32",
+    "check_weight_dtype",
+    "WEIGHT_DTYPES",
+    "check_regular",
+    "open_regular",
+    "read_small_file",
+    "is_regular_file",
+    "os_error",
+]
 
 #: Stored element types that :func:`read_raw_into` copies byte for byte.
 RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+#: The one table of stored weight types (safetensors and PyTorch spellings) -> canonical name.
+#: Only floating types whose values are the weights themselves are read; the others are refused
+#: with the reason in :data:`_REFUSED_WHY`.
+WEIGHT_DTYPES = {
+    "F64": "F64", "float64": "F64", "double": "F64",
+    "F32": "F32", "float32": "F32", "float": "F32",
+    "F16": "F16", "float16": "F16", "half": "F16",
+    "BF16": "BF16", "bfloat16": "BF16",
+}  # fmt: skip
+_REFUSED_WHY = (
+    (("F8", "float8"), "8-bit float weights are scaled per block by separate scale tensors; dequantize the checkpoint to BF16 first"),
+    (("C", "complex"), "complex numbers are not weights of a language model; reading only their real part would score the wrong matrix"),
+    (("BOOL", "bool"), "booleans are masks, not weights"),
+    (("I", "U", "int", "uint"), "integer weights are quantized with separate scales; dequantize the checkpoint to BF16 first"),
+)
+
+
+def check_weight_dtype(dtype: str, where: str) -> str:
+    """The canonical name (``F32``, ``BF16``, ...) of a readable weight type, else a one-line :class:`FormatError`.
+
+    ``where`` names the file and tensor; ``dtype`` is the safetensors or
+    PyTorch spelling (``F8_E4M3``, ``complex64``, ``torch.int8``...).
+    """
+    name = dtype.removeprefix("torch.")
+    if name in WEIGHT_DTYPES:
+        return WEIGHT_DTYPES[name]
+    why = next((text for prefixes, text in _REFUSED_WHY if name.startswith(prefixes)), "awmtrace does not know this type")
+    raise FormatError(f"{where} is stored as {name}, which awmtrace does not read as weights (it reads F64, F32, F16, BF16): {why}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +101,7 @@ def read_raw_into(layout: RawLayout, out: np.ndarray) -> np.ndarray:
     if view.nbytes != layout.nbytes:
         raise ValueError(f"buffer holds {view.nbytes} bytes, the tensor {layout.nbytes}")
     try:
-        with open(layout.path, "rb", buffering=0) as fh:
+        with open_regular(layout.path, "tensor file", buffering=0) as fh:
             fh.seek(layout.offset)
             done = 0
             while done < layout.nbytes:
@@ -65,7 +113,7 @@ def read_raw_into(layout: RawLayout, out: np.ndarray) -> np.ndarray:
                     )
                 done += got
     except OSError as exc:
-        raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
+        raise os_error(layout.path, exc) from None
     return out
 
 
@@ -111,12 +159,13 @@ class RawBuffer:
     @staticmethod
     def _read_direct(layout: RawLayout, start: int, span: np.ndarray, need: int) -> bool:
         """Fill ``span`` from ``start`` with ``O_DIRECT``; ``False`` when the file system refuses it."""
+        check_regular(layout.path, "tensor file")
         try:
-            fd = os.open(layout.path, os.O_RDONLY | os.O_DIRECT)
+            fd = os.open(layout.path, os.O_RDONLY | os.O_DIRECT | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 return False
-            raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
+            raise os_error(layout.path, exc) from None
         try:
             view = memoryview(span)
             done = 0
@@ -131,7 +180,7 @@ class RawBuffer:
         except OSError as exc:
             if exc.errno == errno.EINVAL and done == 0:
                 return False
-            raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
+            raise os_error(layout.path, exc) from None
         finally:
             os.close(fd)
         return True
@@ -237,14 +286,144 @@ class RowReader:
         self._stored = None
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON object file, turning every failure into a one-line :class:`FormatError`."""
+def os_error(path: Path | str, exc: OSError) -> FormatError | InputNotFound | PermissionDenied:
+    """The one-line error for an ``OSError`` met while reading ``path``: permission, absence, or anything else."""
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(f"{path}: permission denied; this process may not read it (check the file's and its folders' permissions)")
+    if isinstance(exc, FileNotFoundError):
+        return InputNotFound(f"{path}: no such file or directory")
+    return FormatError(f"{path}: cannot read: {exc.strerror or exc}")
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _refuse(path: Path | str, mode: int, what: str) -> NotARegularFile:
+    return NotARegularFile(f"{path}: is {_kind(mode)}, not a regular file; expected a {what}. awmtrace reads only regular files")
+
+
+def check_regular(path: Path | str, what: str = "file") -> os.stat_result:
+    """``os.stat`` of ``path`` (links followed) when it is a regular file; otherwise a one-line error.
+
+    Used before a library opens a file by name: opening a FIFO for reading
+    blocks until a writer comes, and a device may never end.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        st = os.stat(path)
     except OSError as exc:
-        raise FormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+        raise os_error(path, exc) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(path, st.st_mode, what)
+    return st
+
+
+def is_regular_file(path: Path, what: str = "file") -> bool:
+    """Whether an optional file is there: ``False`` when absent (or a dangling link), ``True`` when a regular file.
+
+    Anything else under that name (a FIFO, a directory, an unreadable
+    folder on the way) is an error rather than silently "absent".
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise os_error(path, exc) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(path, st.st_mode, what)
+    return True
+
+
+def open_regular(path: Path | str, what: str = "file", buffering: int = -1) -> io.BufferedReader | io.FileIO:
+    """Open a regular file for binary reading; everything else is refused without blocking.
+
+    ``O_NONBLOCK`` keeps the open itself from waiting on a FIFO swapped in
+    after the ``stat``; ``fstat`` of the opened descriptor then decides.
+    Permission and absence give :class:`PermissionDenied` / :class:`InputNotFound`.
+    """
+    check_regular(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise os_error(path, exc) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _refuse(path, mode, what)
+        return cast("io.BufferedReader | io.FileIO", os.fdopen(fd, "rb", buffering=buffering))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+#: Largest JSON or tokenizer file read whole (the largest real tokenizer.json files are ~35 MB).
+MAX_TEXT_BYTES = 256 << 20
+
+
+def read_small_file(path: Path | str, what: str) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_TEXT_BYTES` (config, tokenizer, index, null files)."""
+    with open_regular(path, what) as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_TEXT_BYTES:
+                raise FormatError(f"{path}: {what} of {size} bytes, more than the {MAX_TEXT_BYTES} any real one needs; refused unread")
+            return fh.read(MAX_TEXT_BYTES + 1)
+        except OSError as exc:
+            raise os_error(path, exc) from None
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise _NonFinite(text)
+
+
+def load_json(path: Path, what: str = "JSON file") -> Any:
+    """Parse any JSON value from ``path``; every failure becomes a one-line :class:`FormatError` naming the file.
+
+    Refused: invalid UTF-8 or JSON, nesting deep enough to exhaust the parser's
+    recursion, numbers that overflow a float (``1e999``) and the non-standard
+    ``NaN``/``Infinity``, integers too long to convert. A FIFO or directory
+    under the name is refused (never opened); unreadable files say why.
+    """
+    raw = read_small_file(path, what)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
+    except _NonFinite as exc:
+        raise FormatError(f"{path}: {what} holds the number {exc} which is not finite; expected finite numbers") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: {what} is nested too deeply to parse; not a file awmtrace reads") from None
+    except (ValueError, OverflowError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FormatError(f"{path}: {what} holds a value that cannot be read ({first[:160]})") from None
+
+
+def read_json(path: Path, what: str = "JSON file") -> dict[str, Any]:
+    """Parse a JSON object file (see :func:`load_json`), refusing anything but an object."""
+    data = load_json(path, what)
     if not isinstance(data, dict):
         raise FormatError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -26,24 +26,61 @@ from awmtrace.io.base import (
     RawLayout,
     RowReader,
     TensorSource,
+    check_weight_dtype,
+    is_regular_file,
+    open_regular,
+    os_error,
     read_json,
     read_raw_into,
     to_float32,
 )
 
-__all__ = ["SafetensorsSource", "INDEX_NAME"]
+__all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path"]
 
 INDEX_NAME = "model.safetensors.index.json"
 
 
 def _open(path: Path):  # noqa: ANN202 - safe_open's handle type is private
+    # Open it ourselves first: refuses FIFOs without blocking and says "permission denied" with the path.
+    open_regular(path, "safetensors file").close()
     try:
         return safe_open(str(path), framework="numpy")
-    except (SafetensorError, OSError, ValueError) as exc:
+    except OSError as exc:
+        raise os_error(path, exc) from None
+    except (SafetensorError, ValueError) as exc:
+        if "permission denied" in str(exc).lower():
+            raise os_error(path, PermissionError(str(exc))) from None
         raise FormatError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
 
 
-_short = first_line
+def shard_path(folder: Path, name: object, index: Path) -> Path:
+    """``folder / name`` for a shard named in an index, refusing names that leave ``folder``.
+
+    An index may only name files of its own directory: a plain relative name
+    (sub-folders allowed) with no ``..``, no absolute path, no drive letter and
+    no backslash. The *name* is checked, not where a symbolic link points:
+    the Hugging Face cache links every snapshot file into its blob store.
+    """
+    text = str(name)
+    parts = text.split("/")
+    bad = (
+        not isinstance(name, str)
+        or not text
+        or "\\" in text
+        or "\0" in text
+        or text.startswith("/")
+        or (len(text) >= 2 and text[1] == ":")
+        or any(part in ("", ".", "..") for part in parts)
+    )
+    if bad:
+        raise FormatError(
+            f"{index}: refused shard name {text[:120]!r}: an index may only name files inside its own directory "
+            "(plain relative names, no '..', no absolute path, no drive letter or backslash); the index is damaged or hostile"
+        )
+    return folder / text
+
+
+_short = first_line  # the one-line form of an error, as every reader words it
 
 
 class SafetensorsSource(TensorSource):
@@ -56,7 +93,8 @@ class SafetensorsSource(TensorSource):
         self.metadata: dict[str, Any] = {}
         root = path if path.is_dir() else path.parent
         config_path = root / "config.json"
-        self.config = read_json(config_path) if path.is_dir() and config_path.is_file() else {}
+        # A single weights file takes the config.json beside it, as a directory does.
+        self.config = read_json(config_path, "config.json") if is_regular_file(config_path, "config.json") else {}
         self._shape: dict[str, tuple[int, ...]] = {}
         self._dtype: dict[str, str] = {}
         self._file: dict[str, Path] = {}
@@ -81,19 +119,19 @@ class SafetensorsSource(TensorSource):
         if path.is_file():
             return [path]
         index = path / INDEX_NAME
-        if index.is_file():
-            data = read_json(index)
+        if is_regular_file(index, "safetensors index"):
+            data = read_json(index, "safetensors index")
             weight_map = data.get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise FormatError(f"{index}: no 'weight_map' object")
-            shards = sorted({str(v) for v in weight_map.values()})
-            missing = [s for s in shards if not (path / s).is_file()]
+            shards = {shard_path(path, v, index) for v in weight_map.values()}
+            missing = [s.name for s in sorted(shards) if not is_regular_file(s, "safetensors shard")]
             if missing:
                 raise InputNotFound(
                     f"{index} lists shard(s) that are not in {path}: {', '.join(missing[:3])}"
                     f"{' ...' if len(missing) > 3 else ''}; download the missing files"
                 )
-            return [path / s for s in shards]
+            return sorted(shards)
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise InputNotFound(f"{path}: no *.safetensors files")
@@ -111,6 +149,9 @@ class SafetensorsSource(TensorSource):
     def file_of(self, name: str) -> str:
         return str(self._file[self._check(name)])
 
+    def _check_dtype(self, name: str) -> None:
+        check_weight_dtype(self._dtype[name], f"{self._file[name]}: tensor {name!r}")
+
     def _check(self, name: str) -> str:
         if name not in self._file:
             raise MissingTensor(f"{self.path}: no tensor named {name!r}")
@@ -125,6 +166,8 @@ class SafetensorsSource(TensorSource):
             by_file[self._file[self._check(name)]].append(name)
         out: dict[str, np.ndarray] = {}
         for file, group in by_file.items():
+            for name in group:
+                self._check_dtype(name)
             with _open(file) as handle:
                 for name in group:
                     try:
@@ -145,10 +188,12 @@ class SafetensorsSource(TensorSource):
         if layouts is None:
             layouts = {}
             try:
-                with open(file, "rb") as fh:
+                with open_regular(file, "safetensors file") as fh:
                     (size,) = struct.unpack("<Q", fh.read(8))
                     header = json.loads(fh.read(size))
-            except (OSError, struct.error, ValueError) as exc:
+            except OSError as exc:
+                raise os_error(file, exc) from None
+            except (struct.error, ValueError, RecursionError) as exc:
                 raise FormatError(f"{file}: cannot read the safetensors header ({_short(exc)})") from None
             for name, info in header.items():
                 if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") not in RAW_DTYPES:
@@ -177,7 +222,7 @@ class SafetensorsSource(TensorSource):
             if layout is None:
                 continue
             try:
-                fd = os.open(layout.path, os.O_RDONLY)
+                fd = os.open(layout.path, os.O_RDONLY | os.O_NONBLOCK)
             except OSError:
                 return
             try:
@@ -190,6 +235,7 @@ class SafetensorsSource(TensorSource):
         # One copy in the stored dtype (bf16 is half a float32 copy); rows are
         # converted to float32 only as they are taken.
         file = self._file[self._check(name)]
+        self._check_dtype(name)
         layout = self.raw_layout(name)
         if layout is not None:
             # Read into our own array rather than through the memory map: no

@@ -25,7 +25,17 @@ from awmtrace.errors import (
     UnsafeCheckpoint,
     first_line,
 )
-from awmtrace.io.base import RowReader, TensorSource, read_json, to_float32
+from awmtrace.io.base import (
+    RowReader,
+    TensorSource,
+    check_weight_dtype,
+    is_regular_file,
+    open_regular,
+    os_error,
+    read_json,
+    to_float32,
+)
+from awmtrace.io.safetensors_dir import shard_path
 
 __all__ = ["TorchBinSource", "BIN_INDEX_NAME", "import_torch"]
 
@@ -44,6 +54,28 @@ def import_torch(purpose: str):  # noqa: ANN201 - returns the torch module
     return torch
 
 
+def _check_container(file: Path) -> None:
+    """Refuse a file that is neither of the containers ``torch.save`` writes, before torch reads it.
+
+    ``torch.save`` writes a zip archive (since PyTorch 1.6), a protocol 2+
+    pickle (older releases) or, in the oldest, a tar archive. Anything else
+    would reach the unpickler and read as a pickle "asking to run code".
+    """
+    with open_regular(file, "PyTorch checkpoint") as fh:
+        try:
+            head = fh.read(512)
+        except OSError as exc:
+            raise os_error(file, exc) from None
+    is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # PROTO opcode, protocol 2..5
+    if head[:4] == b"PK\x03\x04" or is_pickle or head[257:262] == b"ustar":
+        return
+    shown = head[:8].hex(" ") if head else "nothing: the file is empty"
+    raise FormatError(
+        f"{file}: not a PyTorch checkpoint: neither a zip archive nor a pickle, as torch.save writes (it starts with {shown}); "
+        "a custom binary format awmtrace does not read. Convert it to safetensors with the tool that wrote it"
+    )
+
+
 class TorchBinSource(TensorSource):
     """A directory with ``pytorch_model.bin`` or sharded ``pytorch_model-*.bin`` (+ index), or one ``.bin`` file."""
 
@@ -54,7 +86,8 @@ class TorchBinSource(TensorSource):
         self.metadata: dict[str, Any] = {}
         root = path if path.is_dir() else path.parent
         config_path = root / "config.json"
-        self.config = read_json(config_path) if path.is_dir() and config_path.is_file() else {}
+        # A single weights file takes the config.json beside it, as a directory does.
+        self.config = read_json(config_path, "config.json") if is_regular_file(config_path, "config.json") else {}
         self._torch = import_torch(f"reading {path}")
         self._loaded: dict[Path, dict[str, Any]] = {}
         self._file: dict[str, Path] = {}
@@ -63,13 +96,13 @@ class TorchBinSource(TensorSource):
             files = [path]
         else:
             index = path / BIN_INDEX_NAME
-            if index.is_file():
-                weight_map = read_json(index).get("weight_map")
+            if is_regular_file(index, "PyTorch index"):
+                weight_map = read_json(index, "PyTorch index").get("weight_map")
                 if not isinstance(weight_map, dict) or not weight_map:
                     raise FormatError(f"{index}: no 'weight_map' object")
                 for name, shard in weight_map.items():
-                    self._file[str(name)] = path / str(shard)
-                missing = sorted({str(p) for p in self._file.values() if not p.is_file()})
+                    self._file[str(name)] = shard_path(path, shard, index)
+                missing = sorted({str(p) for p in self._file.values() if not is_regular_file(p, "PyTorch shard")})
                 if missing:
                     raise InputNotFound(f"{index} lists shard(s) missing from {path}: {', '.join(missing[:3])}")
                 files = []
@@ -86,6 +119,7 @@ class TorchBinSource(TensorSource):
     def _state(self, file: Path) -> dict[str, Any]:
         if file not in self._loaded:
             torch = self._torch
+            _check_container(file)
             mmap = zipfile.is_zipfile(file)
             try:
                 with warnings.catch_warnings():
@@ -136,13 +170,18 @@ class TorchBinSource(TensorSource):
     def file_of(self, name: str) -> str:
         return str(self._file.get(name, self.path))
 
-    def read(self, name: str) -> np.ndarray:
+    def _checked(self, name: str):  # noqa: ANN202 - a torch.Tensor
         t = self._tensor(name)
+        check_weight_dtype(str(t.dtype), f"{self.file_of(name)}: tensor {name!r}")
+        return t
+
+    def read(self, name: str) -> np.ndarray:
+        t = self._checked(name)
         return to_float32(t.detach().to(dtype=self._torch.float32).numpy(), f"{self.file_of(name)}: tensor {name!r}")
 
     def row_reader(self, name: str) -> RowReader:
         torch = self._torch
-        t = self._tensor(name)
+        t = self._checked(name)
 
         class _Rows:
             shape = tuple(t.shape)

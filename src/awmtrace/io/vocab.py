@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -41,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from awmtrace.errors import FormatError, VocabularyError, first_line
-from awmtrace.io.base import TensorSource
+from awmtrace.errors import FormatError, InputNotFound, VocabularyError, first_line
+from awmtrace.io.base import TensorSource, is_regular_file, load_json, read_small_file
 
 __all__ = [
     "Vocab",
@@ -216,30 +215,29 @@ def _finish(table: _Table, kind: str, source: str, where: object) -> Vocab:
     return vocab
 
 
+# Token ids index embedding rows; no vocabulary comes near 2**31 and numpy index math is int64.
+_MAX_TOKEN_ID = (1 << 31) - 1
+
+
 def _token_id(value: Any, where: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise VocabularyError(f"{where}: {what} has id {value!r}; expected a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKEN_ID:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise VocabularyError(f"{where}: {what} has id {shown}; expected an integer from 0 to {_MAX_TOKEN_ID}")
     return value
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise VocabularyError(f"{path}: cannot read the tokenizer file ({exc.strerror or exc})") from None
+    data = read_small_file(path, "tokenizer file")
     if not data.strip():
         raise VocabularyError(f"{path}: the tokenizer file is empty")
     return data
 
 
 def _read_json(path: Path, what: str) -> Any:
-    data = _read_bytes(path)
     try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise VocabularyError(f"{path}: unreadable {what} (not UTF-8 text)") from None
-    except json.JSONDecodeError as exc:
-        raise VocabularyError(f"{path}: unreadable {what} (invalid or truncated JSON: {exc.msg} at line {exc.lineno})") from None
+        return load_json(path, what)
+    except FormatError as exc:
+        raise VocabularyError(str(exc)) from None
 
 
 def _component_types(*nodes: Any) -> set[str]:
@@ -396,12 +394,12 @@ def _read_sidecars(folder: Path) -> _Sidecars:
 
     def load(name: str) -> Any:
         p = folder / name
-        if not p.is_file():
+        if not is_regular_file(p, name):
             return None
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            logger.warning("%s: ignored, unreadable (%s)", p, exc)
+            return load_json(p, name)
+        except FormatError as exc:
+            logger.warning("ignored, unreadable: %s", exc)
             return None
 
     config = load("tokenizer_config.json")
@@ -412,8 +410,10 @@ def _read_sidecars(folder: Path) -> _Sidecars:
         decoder = config.get("added_tokens_decoder")
         if isinstance(decoder, dict):
             for token_id, tok in decoder.items():
-                if isinstance(tok, dict) and isinstance(tok.get("content"), str) and str(token_id).isdigit():
-                    out.added[int(token_id)] = (tok["content"], bool(tok.get("special")))
+                number = str(token_id)
+                if isinstance(tok, dict) and isinstance(tok.get("content"), str) and number.isascii() and number.isdigit():
+                    if int(number) <= _MAX_TOKEN_ID:
+                        out.added[int(number)] = (tok["content"], bool(tok.get("special")))
     smap = load("special_tokens_map.json")
     if isinstance(smap, dict):
         for name in _SPECIAL_FIELDS:
@@ -421,7 +421,12 @@ def _read_sidecars(folder: Path) -> _Sidecars:
     added = load("added_tokens.json")
     if isinstance(added, dict):
         for content, token_id in added.items():
-            if isinstance(token_id, int) and not isinstance(token_id, bool) and token_id >= 0 and token_id not in out.added:
+            if (
+                isinstance(token_id, int)
+                and not isinstance(token_id, bool)
+                and 0 <= token_id <= _MAX_TOKEN_ID
+                and token_id not in out.added
+            ):
                 out.added[token_id] = (content, content in out.special_names)
     return out
 
@@ -447,7 +452,7 @@ def _from_sentencepiece(path: Path, data: bytes, embedding_rows: int | None = No
     if chatglm:
         specials |= _CHATGLM_SPECIALS
         value = sidecars.config.get("num_image_tokens")
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_TOKEN_ID - n:
             offset = value
         elif embedding_rows is not None and n <= embedding_rows < n + _CHATGLM_IMAGE_TOKENS:
             offset = 0  # the embedding has no room for the image ids, so this checkpoint dropped them
@@ -491,8 +496,10 @@ def _from_tiktoken(path: Path, data: bytes) -> Vocab:
             rank = int(parts[1])
         except (ValueError, binascii.Error):
             raise VocabularyError(f"{path}:{lineno}: bad base64 token or rank; the file may be corrupt") from None
-        if rank < 0:
-            raise VocabularyError(f"{path}:{lineno}: negative rank {rank}")
+        if not 0 <= rank <= _MAX_TOKEN_ID:
+            raise VocabularyError(
+                f"{path}:{lineno}: rank {parts[1][:40].decode('ascii', 'replace')} is out of range (0 to {_MAX_TOKEN_ID})"
+            )
         table[rank] = (token, _TEXT)
     if path.name == "qwen.tiktoken":
         for i, name in enumerate(_QWEN_SPECIALS, start=_QWEN_SPECIAL_START):
@@ -587,10 +594,10 @@ def find_tokenizer_file(folder: Path) -> Path | None:
     """The first tokenizer file of :data:`TOKENIZER_FILES` present in ``folder``."""
     for name in TOKENIZER_FILES:
         if "*" in name:
-            hits = sorted(p for p in folder.glob(name) if p.is_file())
+            hits = sorted(p for p in folder.glob(name) if is_regular_file(p, "tokenizer file"))
             if hits:
                 return hits[0]
-        elif (folder / name).is_file():
+        elif is_regular_file(folder / name, "tokenizer file"):
             return folder / name
     return None
 
@@ -620,7 +627,7 @@ def load_vocab(path: Path, embedding_rows: int | None = None) -> Vocab:
             return _from_tiktoken(path, _read_bytes(path))
         if name.endswith(".txt"):
             return _from_vocab_txt(path)
-    except FormatError as exc:
+    except (FormatError, InputNotFound) as exc:
         raise VocabularyError(str(exc)) from None
     raise VocabularyError(f"{path}: not a tokenizer file awmtrace reads (expected one of {', '.join(TOKENIZER_FILES)})")
 
