@@ -21,7 +21,7 @@ import numpy as np
 
 from awmtrace import __version__
 from awmtrace.arch.resolve import read_attention, read_ffn, resolve
-from awmtrace.core import stats
+from awmtrace.core import cka, stats
 from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
 from awmtrace.core.backend import Backend, select_backend
 from awmtrace.errors import (
@@ -518,6 +518,7 @@ def compare_models(
     min_shared_tokens: int = MIN_SHARED_TOKENS,
     z_related: float = stats.Z_RELATED,
     z_inconclusive: float = stats.Z_INCONCLUSIVE,
+    z_permutation: float = stats.Z_PERMUTATION,
     progress: Progress | None = None,
 ) -> PairResult:
     """Compare two opened models. See :func:`compare`."""
@@ -545,7 +546,13 @@ def compare_models(
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
-    z = stats.z_score(score, null_model)
+    n_samples = min(al.hidden_size_a, al.hidden_size_b)  # rows of every aligned sample matrix
+    verdict_args = (score, null_model, z_related, z_inconclusive)
+    assessment = stats.assess(*verdict_args, n_samples=n_samples, z_permutation=z_permutation)
+    if assessment.exact_sd_could_change:
+        exact = _exact_permutation_sd(sides, layers, n_samples, progress)
+        if exact is not None:
+            assessment = stats.assess(*verdict_args, n_samples=n_samples, permutation=exact, z_permutation=z_permutation)
     all_notes = notes
     return PairResult(
         a=a.summary(),
@@ -556,10 +563,10 @@ def compare_models(
         layers=tuple(layers),
         alignment=al.to_dict(),
         layer_matching=matching,
-        z=z,
-        p_value=stats.normal_p_value(z),
-        p_empirical=stats.empirical_p_value(score, null_model.scores),
-        verdict=stats.verdict(z, z_related, z_inconclusive),
+        z=assessment.z,
+        p_value=assessment.p_value,
+        p_empirical=assessment.p_empirical,
+        verdict=assessment.verdict,
         null=null_model.to_dict(),
         ffn=ffn,
         device=backend.name,
@@ -567,6 +574,34 @@ def compare_models(
         notes=tuple(dict.fromkeys(all_notes)),  # the models' own notes are in a["notes"], b["notes"]
         tool_version=__version__,
     )
+
+
+#: Most float32 Gram memory the exact permutation sd may hold (all matrices of one model at once).
+EXACT_SD_MAX_BYTES = 1 << 30
+
+
+def _exact_permutation_sd(sides: _Sides, layers: Sequence[LayerScore], n: int, progress: Progress) -> tuple[float, str] | None:
+    """Exact sd of the mean score under one common permutation: a second read of the matched layers.
+
+    Only called when it can change the verdict: the null says related and the
+    one-matrix bound refused it, which with the default thresholds happens
+    only below ~800 hidden dimensions, where the reads and ``(2L)^2`` Gram
+    products are cheap. ``None`` (keep the bound) when the Grams would not fit
+    :data:`EXACT_SD_MAX_BYTES`.
+    """
+    m = 2 * len(layers)
+    if m * n * n * 4 > EXACT_SD_MAX_BYTES:
+        return None
+    sims = []
+    for side in ("a", "b"):
+        xs: list[np.ndarray] = []
+        for j, ls in enumerate(layers):
+            xq, xk = sides.samples(side, ls.index_a if side == "a" else ls.index_b)
+            xs.extend((xq.copy(), xk.copy()))  # samples() reuses its buffers
+            progress("permutation check", j + 1, len(layers))
+        # Order: q0, k0, q1, k1, ... on both sides, as the scores are averaged.
+        sims.append(cka.similarity_matrix(xs))
+    return stats.permutation_sd(n, sims[0], sims[1])
 
 
 def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
