@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import ortho_group
@@ -280,3 +282,17 @@ def test_torch_backend_rescales_too() -> None:
     assert tb.ucka(big, y) == pytest.approx(expect, abs=1e-5)  # Gram space
     assert tb.ucka(big[:, :8], y[:, :8]) == pytest.approx(unbiased_linear_cka(x[:, :8], y[:, :8]), abs=1e-5)  # feature space
     assert tb.cka_from_gram_terms(tb.gram_terms(big), tb.gram_terms(y)) == pytest.approx(expect, abs=1e-5)
+
+
+def test_pipeline_scores_a_checkpoint_whose_wq_is_scaled_by_1e25(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from awmtrace import synth
+    from awmtrace.pipeline import compare
+
+    base = synth.random_llama(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab=300, ffn=8, seed=1)
+    huge = replace(base, q=[w * np.float32(1e25) for w in base.q], k=[w * np.float32(1e-25) for w in base.k])
+    assert all(np.isfinite(w).all() for w in huge.q)
+    r = compare(synth.write_hf(base, tmp_path / "base"), synth.write_hf(huge, tmp_path / "huge"), device="cpu")
+    assert r.score_q == pytest.approx(1.0, abs=1e-5) and r.score_k == pytest.approx(1.0, abs=1e-5)
+    assert r.verdict.label == "related"
