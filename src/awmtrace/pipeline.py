@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -546,13 +546,7 @@ def compare_models(
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
-    n_samples = min(al.hidden_size_a, al.hidden_size_b)  # rows of every aligned sample matrix
-    verdict_args = (score, null_model, z_related, z_inconclusive)
-    assessment = stats.assess(*verdict_args, n_samples=n_samples, z_permutation=z_permutation)
-    if assessment.exact_sd_could_change:
-        exact = _exact_permutation_sd(sides, layers, n_samples, progress)
-        if exact is not None:
-            assessment = stats.assess(*verdict_args, n_samples=n_samples, permutation=exact, z_permutation=z_permutation)
+    assessment = _assess(sides, layers, score, null_model, (z_related, z_inconclusive, z_permutation), progress)
     all_notes = notes
     return PairResult(
         a=a.summary(),
@@ -580,27 +574,47 @@ def compare_models(
 EXACT_SD_MAX_BYTES = 1 << 30
 
 
-def _exact_permutation_sd(sides: _Sides, layers: Sequence[LayerScore], n: int, progress: Progress) -> tuple[float, str] | None:
-    """Exact sd of the mean score under one common permutation: a second read of the matched layers.
+def _assess(
+    sides: _Sides, layers: Sequence[LayerScore], score: float, null: NullModel, thresholds: tuple[float, float, float], progress: Progress
+) -> stats.Assessment:
+    """:func:`stats.assess` of the mean score, with the exact permutation sd where it can change the verdict.
 
-    Only called when it can change the verdict: the null says related and the
-    one-matrix bound refused it, which with the default thresholds happens
-    only below ~800 hidden dimensions, where the reads and ``(2L)^2`` Gram
-    products are cheap. ``None`` (keep the bound) when the Grams would not fit
+    ``thresholds``: ``(z_related, z_inconclusive, z_permutation)``. Every
+    aligned sample matrix has ``min(hidden_a, hidden_b)`` rows (samples).
+    """
+    z_related, z_inconclusive, z_permutation = thresholds
+    n = min(sides.al.hidden_size_a, sides.al.hidden_size_b)
+    assessment = stats.assess(score, null, z_related, z_inconclusive, n_samples=n, z_permutation=z_permutation)
+    if not assessment.exact_sd_could_change:
+        return assessment
+    # The null says related and the one-matrix bound refused: only the exact sd (smaller) can still pass it.
+    exact = _exact_permutation_sd(sides, layers, n, progress)
+    if exact is None:
+        return assessment
+    return stats.assess(score, null, z_related, z_inconclusive, n_samples=n, permutation=exact, z_permutation=z_permutation)
+
+
+def _exact_permutation_sd(sides: _Sides, layers: Sequence[LayerScore], n: int, progress: Progress) -> tuple[float, str] | None:
+    """Exact sd of the mean score under one common permutation, from a second read of the matched layers.
+
+    With the default thresholds this is needed only below ~800 hidden
+    dimensions, where the reads and ``(2L)^2`` Gram products are cheap.
+    ``None`` (keep the bound) when one model's Grams would not fit
     :data:`EXACT_SD_MAX_BYTES`.
     """
-    m = 2 * len(layers)
-    if m * n * n * 4 > EXACT_SD_MAX_BYTES:
+    if 2 * len(layers) * n * n * 4 > EXACT_SD_MAX_BYTES:
         return None
     sims = []
     for side in ("a", "b"):
-        xs: list[np.ndarray] = []
-        for j, ls in enumerate(layers):
-            xq, xk = sides.samples(side, ls.index_a if side == "a" else ls.index_b)
-            xs.extend((xq.copy(), xk.copy()))  # samples() reuses its buffers
-            progress("permutation check", j + 1, len(layers))
-        # Order: q0, k0, q1, k1, ... on both sides, as the scores are averaged.
-        sims.append(cka.similarity_matrix(xs))
+
+        def matrices(side: str = side) -> Iterator[np.ndarray]:
+            # Order q0, k0, q1, k1, ... on both sides (any order the two sides share gives the mean's variance).
+            for j, ls in enumerate(layers):
+                # Each sample matrix is turned into its Gram before samples() reuses the buffer.
+                yield from sides.samples(side, ls.index_a if side == "a" else ls.index_b)
+                progress("permutation check", j + 1, len(layers))
+
+        sims.append(cka.similarity_matrix(matrices()))
     return stats.permutation_sd(n, sims[0], sims[1])
 
 
@@ -611,7 +625,8 @@ def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
     or a Hub id ``org/name[@revision]``. Options: ``weights`` (``"q,k"``; add
     ``up``/``gate`` for FFN scores), ``align`` (``"vocab"`` or ``"ids"``),
     ``device`` (``auto``/``cpu``/``cuda``), ``null`` (name or file),
-    ``min_shared_tokens``, ``z_related``, ``z_inconclusive``, ``progress``.
+    ``min_shared_tokens``, ``z_related``, ``z_inconclusive``,
+    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`), ``progress``.
     """
     progress = options.get("progress")
     ffn = wants_ffn(options.get("weights", ()))

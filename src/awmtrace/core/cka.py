@@ -50,7 +50,7 @@ against all permutations of small matrices and against Monte Carlo.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -349,12 +349,13 @@ def cka_from_terms(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
     return float(value)
 
 
-def similarity_matrix(xs: Sequence[np.ndarray]) -> np.ndarray:
+def similarity_matrix(xs: Iterable[np.ndarray]) -> np.ndarray:
     """UCKA between every two of ``m`` sample matrices of one model, each ``(n, p_i)``: ``(m, m)``, ones on the diagonal.
 
     These within-model similarities give the covariance of layer scores
-    under one common permutation (module docstring). Holds ``m`` Grams of
-    ``n x n`` float32 at once: meant for small ``n``.
+    under one common permutation (module docstring). Each matrix is turned
+    into its Gram as it arrives (an iterator may reuse its buffers); holds
+    ``m`` Grams of ``n x n`` float32 at once: meant for small ``n``.
     """
     terms = [gram_terms(x) for x in xs]
     m = len(terms)
