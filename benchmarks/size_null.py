@@ -174,20 +174,22 @@ def pipeline_check(a: Model, b: Model, null: NullModel, root: Path) -> None:
         raise SystemExit(f"pipeline and in-memory route disagree: {res.verdict.label} z={res.z} vs {ref.verdict.label} z={ref.z}")
 
 
-def run_size(n: int, seeds: int, related_seeds: int, null: NullModel, pipeline: int) -> dict[str, object]:
+def run_size(
+    n: int, seeds: int, related_seeds: int, null: NullModel, pipeline: int, related_from: tuple[str, ...] = KINDS, diagnostic: bool = True
+) -> dict[str, object]:
     t0 = time.perf_counter()
     indep: list[stats.Assessment] = []
     shared: list[stats.Assessment] = []
     related: dict[str, list[stats.Assessment]] = {r: [] for r in RELATED}
     layers = LAYERS if n <= 1024 else 2
-    for kind in KINDS + DIAGNOSTIC:
+    for kind in KINDS + (DIAGNOSTIC if diagnostic else ()):
         models = [generate(kind, n, 1000 * s + 7, layers) for s in range(seeds + 1)]
         for s in range(seeds):
             (shared if kind in DIAGNOSTIC else indep).append(assess_pair(models[s], models[s + 1], null))
             if s < pipeline and n <= 256:
                 with tempfile.TemporaryDirectory() as tmp:
                     pipeline_check(models[s], models[s + 1], null, Path(tmp))
-        if kind in DIAGNOSTIC:
+        if kind in DIAGNOSTIC or kind not in related_from:
             continue
         for r in RELATED:
             for s in range(related_seeds):
@@ -199,7 +201,7 @@ def run_size(n: int, seeds: int, related_seeds: int, null: NullModel, pipeline: 
         "called_related": sum(a.verdict.label == "related" for a in indep),
         "null_alone_related": sum(a.null_label == "related" for a in indep),
         "max_perm_z": max((a.permutation.z for a in indep if a.permutation), default=float("nan")),
-        "shared": f"{sum(a.verdict.label == 'related' for a in shared)}/{len(shared)}",
+        "shared": f"{sum(a.verdict.label == 'related' for a in shared)}/{len(shared)}" if shared else "-",
         "seconds": time.perf_counter() - t0,
     }
     for r in RELATED:
@@ -213,13 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=40, help="independent pairs per kind and size up to 1024")
     p.add_argument("--big-seeds", type=int, default=4, help="independent pairs per kind above 1024 (2 layers there)")
     p.add_argument("--related-seeds", type=int, default=3, help="planted pairs per relation and kind (1 above 1024)")
+    p.add_argument("--related-from", default=",".join(KINDS), help="kinds the planted related pairs are derived from")
+    p.add_argument("--no-shared", action="store_true", help="skip the 'shared' diagnostic pairs")
     p.add_argument("--pipeline", type=int, default=0, help="pairs per kind and size (<= 256) also run through the real pipeline")
     args = p.parse_args(argv)
     null = load_null(None)
     rows = []
     for n in map(int, args.sizes.split(",")):
         small = n <= 1024
-        rows.append(run_size(n, args.seeds if small else args.big_seeds, args.related_seeds if small else 1, null, args.pipeline))
+        seeds, rel_seeds = (args.seeds, args.related_seeds) if small else (args.big_seeds, 1)
+        rows.append(run_size(n, seeds, rel_seeds, null, args.pipeline, tuple(args.related_from.split(",")), not args.no_shared))
     head = ["hidden", "perm sd", "indep. pairs", "called related", "null alone: related", "max perm z", *RELATED, "shared: related", "s"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
