@@ -316,6 +316,8 @@ def test_size_aware_check_lets_strong_and_large_pairs_through() -> None:
     assert not exact.exact_sd_could_change
     # Identical layers everywhere: the exact sd equals the bound.
     assert stats.permutation_sd(32, np.ones((4, 4)), np.ones((4, 4)))[0] == pytest.approx(math.sqrt(2 / (32 * 29)))
+    with pytest.raises(StatsError, match="at least 4 hidden dimensions"):
+        stats.assess(0.5, PAPER, n_samples=3)
     with pytest.raises(StatsError, match="square"):
         stats.permutation_sd(32, np.ones((2, 3)), np.ones((2, 3)))
     with pytest.raises(UsageError, match="permutation threshold"):

@@ -177,6 +177,8 @@ def permutation_sd(n: int, sim_a: np.ndarray | None = None, sim_b: np.ndarray | 
     ``Var = 2/(n(n-3)) * mean(sim_a * sim_b)``, exact. Without them, the one-matrix
     sd ``sqrt(2/(n(n-3)))``: an upper bound, since ``|sim| <= 1`` (``"bound"``).
     """
+    if n < 4:
+        raise StatsError(f"the permutation check needs at least 4 hidden dimensions (samples), got {n}")
     var = permutation_variance(n)
     if sim_a is None or sim_b is None:
         return math.sqrt(var), "bound"
