@@ -264,7 +264,7 @@ def test_calibrate_cli_writes_a_null_that_compare_uses(tmp_path: Path, family: d
     assert d["null"]["name"] == "calibrated-independent_pairs" and d["null"]["has_raw_scores"] is True
     assert d["p_empirical"] is not None and d["p_empirical"] >= 1 / 21  # the resolution of 20 raw scores
     assert d["null"]["empirical_resolution"] == pytest.approx(1 / 21)
-    assert d["verdict"]["thresholds"] == {"related": 5.0, "inconclusive": 3.0}
+    assert d["verdict"]["thresholds"] == {"related": 5.0, "inconclusive": 3.0, "permutation": 10.0}
     assert math.isclose(d["z"], (d["score"] - null["mean"]) / null["std"], rel_tol=1e-9)
 
 
@@ -281,3 +281,70 @@ def test_cli_errors_are_one_line(tmp_path: Path, family: dict[str, Path]) -> Non
     r = invoke("calibrate", "--from", str(same), "--suite", "sft_pairs", "-o", str(tmp_path / "n.json"))
     assert r.exit_code == 3 and "sft_pairs" in r.output
     assert not (tmp_path / "n.json").exists()
+
+
+def test_size_aware_check_holds_back_a_tiny_independent_pair() -> None:
+    # The probe of the issue: hidden 32, score 0.06 -> z ~ 20 under the 7B null, but the permutation
+    # sd at 32 samples is sqrt(2 / (32 * 29)) = 0.0464, so the score is only 1.3 sd out: not related.
+    a = stats.assess(0.06, PAPER, n_samples=32)
+    assert a.z == pytest.approx((0.06 - 0.00375) / 0.0028) and a.null_label == "related"
+    assert a.permutation is not None
+    assert a.permutation.sd == pytest.approx(math.sqrt(2 / (32 * 29)))
+    assert a.permutation.z == pytest.approx(0.06 / math.sqrt(2 / (32 * 29)))
+    assert a.permutation.p_bound == pytest.approx(1 / (1 + a.permutation.z**2))
+    assert not a.permutation.passed and a.exact_sd_could_change
+    v = a.verdict.to_dict()
+    assert v["label"] == "inconclusive" and v["decided_by"] == "permutation" and v["null"] == "paper"
+    assert v["thresholds"] == {"related": 5.0, "inconclusive": 3.0, "permutation": 10.0}
+    assert v["permutation"]["n_samples"] == 32 and v["permutation"]["sd_kind"] == "bound" and not v["permutation"]["passed"]
+    assert "permutation z >= 10" in v["rule"]
+
+
+def test_size_aware_check_lets_strong_and_large_pairs_through() -> None:
+    big = stats.assess(0.05, PAPER, n_samples=4096)  # 7B-sized: the permutation sd is 3.5e-4
+    assert big.verdict.label == "related" and big.verdict.decided_by == "null" and big.permutation and big.permutation.passed
+    copy16 = stats.assess(1.0, PAPER, n_samples=16)  # a perfect copy at 16 samples: z_perm = sqrt(104) > 10
+    assert copy16.verdict.label == "related"
+    assert stats.assess(1.0, PAPER, n_samples=15).verdict.label == "inconclusive"  # sqrt(90) < 10: nothing is related below 16
+    low = stats.assess(0.001, PAPER, n_samples=32)  # the null already says independent: the check changes nothing
+    assert low.verdict.label == "independent" and low.verdict.decided_by == "null" and not low.exact_sd_could_change
+    # An exact sd (from within-model layer similarities) smaller than the bound can pass what the bound refused.
+    sd, kind = stats.permutation_sd(32, np.eye(8), np.eye(8))
+    assert kind == "exact" and sd == pytest.approx(math.sqrt(2 / (32 * 29) / 8))
+    exact = stats.assess(0.4, PAPER, n_samples=32, permutation=(sd, kind))
+    assert stats.assess(0.4, PAPER, n_samples=32).verdict.label == "inconclusive" and exact.verdict.label == "related"
+    assert not exact.exact_sd_could_change
+    # Identical layers everywhere: the exact sd equals the bound.
+    assert stats.permutation_sd(32, np.ones((4, 4)), np.ones((4, 4)))[0] == pytest.approx(math.sqrt(2 / (32 * 29)))
+    with pytest.raises(StatsError, match="at least 4 hidden dimensions"):
+        stats.assess(0.5, PAPER, n_samples=3)
+    with pytest.raises(StatsError, match="square"):
+        stats.permutation_sd(32, np.ones((2, 3)), np.ones((2, 3)))
+    with pytest.raises(UsageError, match="permutation threshold"):
+        stats.assess(0.5, PAPER, n_samples=32, z_permutation=0.0)
+    # Without a size there is no check, and the verdict says so.
+    none = stats.assess(0.06, PAPER)
+    assert none.permutation is None and none.verdict.label == "related" and "no size-aware check" in none.verdict.rule
+
+
+def test_rescore_keeps_the_size_aware_check() -> None:
+    stored = stats.assess(0.06, PAPER, n_samples=32)
+    result = {"score": 0.06, "verdict": stored.verdict.to_dict(), "a": {"hidden_size": 64}, "b": {"hidden_size": 32}}
+    lenient = NullModel("lenient", mean=0.0, std=0.001, n=10)
+    out = stats.rescore(result, lenient)
+    assert out["verdict"]["label"] == "inconclusive" and out["verdict"]["decided_by"] == "permutation"
+    assert out["verdict"]["permutation"]["n_samples"] == 32 and out["verdict"]["null"] == "lenient"
+    # Older results without the check: the smaller hidden size gives it; damaged fields are ignored.
+    old = {
+        "score": 0.06,
+        "verdict": {"label": "related", "permutation": {"n_samples": "x"}},
+        "a": {"hidden_size": 32},
+        "b": {"hidden_size": 48},
+    }
+    assert stats.rescore(old, lenient)["verdict"]["permutation"]["n_samples"] == 32
+    bare = stats.rescore({"score": 0.06, "a": "?", "b": None}, lenient)
+    assert bare["verdict"]["label"] == "related" and bare["verdict"]["permutation"] is None
+    # An exact sd stored with the result is reused.
+    exact = stats.assess(0.4, PAPER, n_samples=32, permutation=stats.permutation_sd(32, np.eye(8), np.eye(8)))
+    again = stats.rescore({"score": 0.4, "verdict": exact.verdict.to_dict()}, PAPER)
+    assert again["verdict"]["label"] == "related" and again["verdict"]["permutation"]["sd_kind"] == "exact"

@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import numpy as np
 
 from awmtrace import __version__
 from awmtrace.arch.resolve import read_attention, read_ffn, resolve
-from awmtrace.core import stats
+from awmtrace.core import cka, stats
 from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
 from awmtrace.core.backend import Backend, select_backend
 from awmtrace.errors import (
@@ -518,6 +518,7 @@ def compare_models(
     min_shared_tokens: int = MIN_SHARED_TOKENS,
     z_related: float = stats.Z_RELATED,
     z_inconclusive: float = stats.Z_INCONCLUSIVE,
+    z_permutation: float = stats.Z_PERMUTATION,
     progress: Progress | None = None,
 ) -> PairResult:
     """Compare two opened models. See :func:`compare`."""
@@ -545,7 +546,7 @@ def compare_models(
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
-    z = stats.z_score(score, null_model)
+    assessment = _assess(sides, layers, score, null_model, (z_related, z_inconclusive, z_permutation), progress)
     all_notes = notes
     return PairResult(
         a=a.summary(),
@@ -556,10 +557,10 @@ def compare_models(
         layers=tuple(layers),
         alignment=al.to_dict(),
         layer_matching=matching,
-        z=z,
-        p_value=stats.normal_p_value(z),
-        p_empirical=stats.empirical_p_value(score, null_model.scores),
-        verdict=stats.verdict(z, z_related, z_inconclusive),
+        z=assessment.z,
+        p_value=assessment.p_value,
+        p_empirical=assessment.p_empirical,
+        verdict=assessment.verdict,
         null=null_model.to_dict(),
         ffn=ffn,
         device=backend.name,
@@ -569,6 +570,54 @@ def compare_models(
     )
 
 
+#: Most float32 Gram memory the exact permutation sd may hold (all matrices of one model at once).
+EXACT_SD_MAX_BYTES = 1 << 30
+
+
+def _assess(
+    sides: _Sides, layers: Sequence[LayerScore], score: float, null: NullModel, thresholds: tuple[float, float, float], progress: Progress
+) -> stats.Assessment:
+    """:func:`stats.assess` of the mean score, with the exact permutation sd where it can change the verdict.
+
+    ``thresholds``: ``(z_related, z_inconclusive, z_permutation)``. Every
+    aligned sample matrix has ``min(hidden_a, hidden_b)`` rows (samples).
+    """
+    z_related, z_inconclusive, z_permutation = thresholds
+    n = min(sides.al.hidden_size_a, sides.al.hidden_size_b)
+    assessment = stats.assess(score, null, z_related, z_inconclusive, n_samples=n, z_permutation=z_permutation)
+    if not assessment.exact_sd_could_change:
+        return assessment
+    # The null says related and the one-matrix bound refused: only the exact sd (smaller) can still pass it.
+    exact = _exact_permutation_sd(sides, layers, n, progress)
+    if exact is None:
+        return assessment
+    return stats.assess(score, null, z_related, z_inconclusive, n_samples=n, permutation=exact, z_permutation=z_permutation)
+
+
+def _exact_permutation_sd(sides: _Sides, layers: Sequence[LayerScore], n: int, progress: Progress) -> tuple[float, str] | None:
+    """Exact sd of the mean score under one common permutation, from a second read of the matched layers.
+
+    With the default thresholds this is needed only below ~800 hidden
+    dimensions, where the reads and ``(2L)^2`` Gram products are cheap.
+    ``None`` (keep the bound) when one model's Grams would not fit
+    :data:`EXACT_SD_MAX_BYTES`.
+    """
+    if 2 * len(layers) * n * n * 4 > EXACT_SD_MAX_BYTES:
+        return None
+    sims = []
+    for side in ("a", "b"):
+
+        def matrices(side: str = side) -> Iterator[np.ndarray]:
+            # Order q0, k0, q1, k1, ... on both sides (any order the two sides share gives the mean's variance).
+            for j, ls in enumerate(layers):
+                # Each sample matrix is turned into its Gram before samples() reuses the buffer.
+                yield from sides.samples(side, ls.index_a if side == "a" else ls.index_b)
+                progress("permutation check", j + 1, len(layers))
+
+        sims.append(cka.similarity_matrix(matrices()))
+    return stats.permutation_sd(n, sims[0], sims[1])
+
+
 def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
     """Compare checkpoint ``a`` (the candidate base) with ``b`` (the suspect).
 
@@ -576,7 +625,8 @@ def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
     or a Hub id ``org/name[@revision]``. Options: ``weights`` (``"q,k"``; add
     ``up``/``gate`` for FFN scores), ``align`` (``"vocab"`` or ``"ids"``),
     ``device`` (``auto``/``cpu``/``cuda``), ``null`` (name or file),
-    ``min_shared_tokens``, ``z_related``, ``z_inconclusive``, ``progress``.
+    ``min_shared_tokens``, ``z_related``, ``z_inconclusive``,
+    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`), ``progress``.
     """
     progress = options.get("progress")
     ffn = wants_ffn(options.get("weights", ()))

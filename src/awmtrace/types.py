@@ -201,15 +201,33 @@ class FfnLayerScore:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A label and the rule that produced it, so a reader can judge it."""
+    """A label and the rule that produced it, so a reader can judge it.
+
+    ``decided_by``: ``"null"`` when the null's z gave the label (the
+    size-aware check, if any, agreed) or ``"permutation"`` when the permutation
+    check held a related call back; ``null``: that null's name;
+    ``permutation``: the check (n_samples, sd, sd_kind, z, p_bound, threshold,
+    passed), ``None`` when it was not made.
+    """
 
     label: str  # "related" | "inconclusive" | "independent"
     rule: str
     statistic: str = "z"
-    thresholds: dict[str, float] = field(default_factory=dict)  # {"related": 5.0, "inconclusive": 3.0}
+    thresholds: dict[str, float] = field(default_factory=dict)  # {"related": 5.0, "inconclusive": 3.0, "permutation": 10.0}
+    decided_by: str = "null"
+    null: str = ""
+    permutation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "rule": self.rule, "statistic": self.statistic, "thresholds": dict(self.thresholds)}
+        return {
+            "label": self.label,
+            "rule": self.rule,
+            "statistic": self.statistic,
+            "thresholds": dict(self.thresholds),
+            "decided_by": self.decided_by,
+            "null": self.null,
+            "permutation": dict(self.permutation) if self.permutation is not None else None,
+        }
 
 
 @dataclass(frozen=True)

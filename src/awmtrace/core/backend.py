@@ -77,13 +77,19 @@ class TorchBackend(Backend):
     def _t(self, x: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
 
-    @staticmethod
-    def _hsic(tr_kl: float, total_k: float, total_l: float, cross: float, n: int) -> float:
-        return (tr_kl + total_k * total_l / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+    _hsic = staticmethod(cka.hsic_from_sums)
+
+    def _in_float32_range(self, t: Any) -> Any:
+        """``t`` ``(n, p)``, or ``t`` times a power of two when its Gram would overflow or underflow float32 (UCKA is scale-invariant)."""
+        max_sq = float((t * t).sum(dim=1, dtype=self.torch.float64).max()) if t.numel() else 1.0
+        if not cka.float32_out_of_range(max_sq):
+            return t
+        scale = cka.float32_rescale(float(t.abs().max()), int(t.shape[1]))
+        return t if scale is None else t * scale
 
     def gram_terms(self, x: np.ndarray) -> _TorchTerms:
         torch = self.torch
-        t = self._t(x)
+        t = self._in_float32_range(self._t(x))
         n = t.shape[0]
         k = t @ t.T
         k.fill_diagonal_(0.0)
@@ -114,7 +120,7 @@ class TorchBackend(Backend):
         if cka.choose_method(x.shape[0], x.shape[1], y.shape[1]) == "gram":
             return self.cka_from_gram_terms(self.gram_terms(x), self.gram_terms(y))
         torch = self.torch
-        tx, ty = self._t(x), self._t(y)
+        tx, ty = self._in_float32_range(self._t(x)), self._in_float32_range(self._t(y))
         n = tx.shape[0]
         sx, rx, totx, hxx = self._feature(tx)
         sy, ry, toty, hyy = self._feature(ty)

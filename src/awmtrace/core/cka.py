@@ -23,11 +23,34 @@ Two exact ways to get the three terms:
 
 ``method="auto"`` picks the cheaper one by shape: feature space when
 ``p + q < n`` (e.g. grouped-query K projections), Gram space otherwise.
-Sums are accumulated in float64; large matrices stay float32.
+Sums are accumulated in float64; large matrices stay float32. UCKA is
+scale-invariant, so a matrix whose Gram would overflow (or underflow) float32
+is rescaled by a power of two and its terms recomputed; that only happens
+when the first pass shows it is needed, so ordinary weights pay nothing.
+
+Permutation moments (the size-aware check of :mod:`awmtrace.core.stats`):
+the unbiased HSIC equals ``<K^, L^>_F / (n(n-3))`` with ``K^`` the
+*U-centred* Gram (zero diagonal and zero row sums; Szekely & Rizzo 2014,
+"Partial distance correlation with methods for dissimilarities", Ann. Statist.
+42(6), Prop. 1 and Sec. 4.1). Permuting the samples of one side, ``L^ -> P L^ P'``,
+gives a Mantel-type statistic whose moments over all ``n!`` permutations are,
+because row sums vanish,
+
+    E[UCKA] = 0,    Var[UCKA] = 2 / (n (n - 3))
+
+for *every* pair of matrices (the ``1/v`` of Szekely & Rizzo 2013, "The
+distance correlation t-test of independence in high dimension", J. Multivar.
+Anal. 117, with ``v = n(n-3)/2``). Across several matrix pairs scored under
+one common permutation, ``Cov[UCKA_l, UCKA_m] = 2/(n(n-3)) * UCKA(K_l, K_m) *
+UCKA(L_l, L_m)``: the within-model similarities of the matrices. The
+derivation is in ``docs/statistics.md``; ``tests/test_cka.py`` checks both
+against all permutations of small matrices and against Monte Carlo.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +64,13 @@ __all__ = [
     "FeatureTerms",
     "gram_terms",
     "feature_terms",
+    "hsic_from_sums",
     "hsic_from_gram_terms",
     "hsic_from_feature_terms",
+    "float32_rescale",
+    "float32_out_of_range",
+    "permutation_variance",
+    "similarity_matrix",
     "cka_from_terms",
     "unbiased_linear_cka",
     "unbiased_hsic_gram",
@@ -94,9 +122,51 @@ def _gram_stats(k: np.ndarray) -> tuple[np.ndarray, float]:
     return rows + cols, sq
 
 
-def _hsic(tr_kl: float, total_k: float, total_l: float, cross_rows: float, n: int) -> float:
-    """Song et al. (2012) eq. (5) from its three terms (n samples)."""
+def hsic_from_sums(tr_kl: float, total_k: float, total_l: float, cross_rows: float, n: int) -> float:
+    """Song et al. (2012) eq. (5) from its three terms, for ``n`` samples: the one copy of the formula.
+
+    ``tr_kl``: ``tr(K~ L~)``; ``total_k``/``total_l``: ``1'K~1``, ``1'L~1``;
+    ``cross_rows``: ``1'K~L~1 = (K~1)'(L~1)``. Every backend calls this.
+    """
     return (tr_kl + total_k * total_l / ((n - 1) * (n - 2)) - 2.0 * cross_rows / (n - 2)) / (n * (n - 3))
+
+
+#: Largest squared row norm (largest Gram entry) kept as it is: its square,
+#: summed over an ``n x n`` Gram in float32, stays far below float32's 3.4e38.
+_MAX_SQ_NORM = 1e12
+#: Smallest one: below it Gram entries lose precision to float32 underflow.
+_MIN_SQ_NORM = 1e-20
+
+
+def float32_out_of_range(max_sq_norm: float) -> bool:
+    return not (_MIN_SQ_NORM <= max_sq_norm <= _MAX_SQ_NORM)
+
+
+def float32_rescale(max_abs: float, p: int) -> float | None:
+    """Power of two that brings samples with largest ``|value|`` ``max_abs`` and ``p`` features to row norms <= 1.
+
+    Exact in binary floating point, so it changes no bits beyond the
+    exponent. ``None`` when nothing can help (all zero, or NaN/Inf).
+    """
+    if not (math.isfinite(max_abs) and max_abs > 0.0):
+        return None
+    return 2.0 ** (-(math.frexp(max_abs)[1] + math.ceil(math.log2(math.sqrt(max(p, 1))))))
+
+
+def _rescaled(x: np.ndarray) -> np.ndarray | None:
+    """``x`` times :func:`float32_rescale` (a new array), or ``None`` when it cannot help."""
+    scale = float32_rescale(float(np.max(np.abs(x))) if x.size else 0.0, x.shape[1])
+    return None if scale is None else x * np.float32(scale)
+
+
+def permutation_variance(n: int) -> float:
+    """Variance of UCKA over all permutations of ``n`` samples of one side: ``2 / (n (n - 3))`` (mean 0).
+
+    Exact for every pair of matrices (see the module docstring); ``n >= 4``.
+    """
+    if n < 4:
+        raise ValueError(f"the permutation variance of UCKA needs at least 4 samples, got {n}")
+    return 2.0 / (n * (n - 3))
 
 
 def _check_samples(x: np.ndarray, name: str) -> np.ndarray:
@@ -184,10 +254,15 @@ def gram_terms(x: np.ndarray, out: np.ndarray | None = None) -> GramTerms:
     x = _check_samples(x, "X")
     n = x.shape[0]
     k = _syrk_upper(x, out=out)
+    if float32_out_of_range(float(np.einsum("ii->i", k).max())):
+        # The score is scale-invariant: redo the Gram at a power-of-two scale rather than keep float32 overflow.
+        scaled = _rescaled(x)
+        if scaled is not None:
+            k = _syrk_upper(scaled, out=k)
     np.fill_diagonal(k, 0.0)
     row_sums, sq = _gram_stats(k)
     total = float(row_sums.sum())
-    self_hsic = _hsic(2.0 * sq, total, total, float(row_sums @ row_sums), n)
+    self_hsic = hsic_from_sums(2.0 * sq, total, total, float(row_sums @ row_sums), n)
     return GramTerms(gram=k, row_sums=row_sums, total=total, self_hsic=self_hsic)
 
 
@@ -197,7 +272,7 @@ def hsic_from_gram_terms(tk: GramTerms, tl: GramTerms) -> float:
         raise ValueError(f"sample counts differ: {tk.n} vs {tl.n}")
     # Off-diagonal sum over both triangles = twice the strict upper one.
     tr_kl = 2.0 * _rowwise_dot64(tk.gram, tl.gram)
-    return _hsic(tr_kl, tk.total, tl.total, float(tk.row_sums @ tl.row_sums), tk.n)
+    return hsic_from_sums(tr_kl, tk.total, tl.total, float(tk.row_sums @ tl.row_sums), tk.n)
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,6 +298,16 @@ class FeatureTerms:
 def feature_terms(x: np.ndarray) -> FeatureTerms:
     """Feature-space terms of ``x``: ``(n, p)`` samples x features (float32)."""
     x = _check_samples(x, "X")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below and undone by rescaling
+        terms = _feature_terms(x)
+    if float32_out_of_range(float(terms.sq_norms.max())):
+        scaled = _rescaled(x)
+        if scaled is not None:
+            terms = _feature_terms(scaled)
+    return terms
+
+
+def _feature_terms(x: np.ndarray) -> FeatureTerms:
     n = x.shape[0]
     sq_norms = np.einsum("ij,ij->i", x, x).astype(np.float64)
     col_sums = x.sum(axis=0, dtype=np.float64)
@@ -234,7 +319,7 @@ def feature_terms(x: np.ndarray) -> FeatureTerms:
     xtx = _syrk_upper(x, trans=1)  # (p, p) upper triangle of X'X
     diag = np.einsum("ii->i", xtx).astype(np.float64)
     tr_kk = 2.0 * _rowwise_dot64(xtx, xtx) - float(diag @ diag) - float(sq_norms @ sq_norms)
-    self_hsic = _hsic(tr_kk, total, total, float(row_sums @ row_sums), n)
+    self_hsic = hsic_from_sums(tr_kk, total, total, float(row_sums @ row_sums), n)
     return FeatureTerms(x=x, sq_norms=sq_norms, row_sums=row_sums, total=total, self_hsic=self_hsic)
 
 
@@ -244,11 +329,16 @@ def hsic_from_feature_terms(tk: FeatureTerms, tl: FeatureTerms) -> float:
         raise ValueError(f"sample counts differ: {tk.n} vs {tl.n}")
     cross = sgemm(1.0, np.asfortranarray(tk.x), np.asfortranarray(tl.x), trans_a=1)  # (p, q): W_a W_b'
     tr_kl = _rowwise_dot64(cross, cross) - float(tk.sq_norms @ tl.sq_norms)
-    return _hsic(tr_kl, tk.total, tl.total, float(tk.row_sums @ tl.row_sums), tk.n)
+    return hsic_from_sums(tr_kl, tk.total, tl.total, float(tk.row_sums @ tl.row_sums), tk.n)
 
 
 def cka_from_terms(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
     """CKA from the three HSIC values; raises when a matrix has no variance."""
+    if not all(math.isfinite(v) for v in (hsic_xy, hsic_xx, hsic_yy)):
+        raise NumericalError(
+            "UCKA is not finite: the weights hold NaN or Inf values, or values so large that float32 sums overflow "
+            "even after rescaling; check the checkpoint"
+        )
     if not (hsic_xx > 0.0 and hsic_yy > 0.0):
         raise NumericalError(
             "a weight matrix has no variance across hidden dimensions (unbiased HSIC <= 0); the checkpoint is likely zeroed or constant"
@@ -257,6 +347,23 @@ def cka_from_terms(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
     if not np.isfinite(value):
         raise NumericalError("UCKA is not finite: the weights hold NaN or Inf values")
     return float(value)
+
+
+def similarity_matrix(xs: Iterable[np.ndarray]) -> np.ndarray:
+    """UCKA between every two of ``m`` sample matrices of one model, each ``(n, p_i)``: ``(m, m)``, ones on the diagonal.
+
+    These within-model similarities give the covariance of layer scores
+    under one common permutation (module docstring). Each matrix is turned
+    into its Gram as it arrives (an iterator may reuse its buffers); holds
+    ``m`` Grams of ``n x n`` float32 at once: meant for small ``n``.
+    """
+    terms = [gram_terms(x) for x in xs]
+    m = len(terms)
+    out = np.eye(m)
+    for i in range(m):
+        for j in range(i + 1, m):
+            out[i, j] = out[j, i] = cka_from_terms(hsic_from_gram_terms(terms[i], terms[j]), terms[i].self_hsic, terms[j].self_hsic)
+    return out
 
 
 def choose_method(n: int, p: int, q: int) -> str:
