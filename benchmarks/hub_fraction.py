@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from hubserver import HubServer, RepoFile  # noqa: E402
+from hubserver import HubServer, RepoFile
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
         # delayed ACKs add ~40 ms to every small response.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the base class names it so
         return None
 
     def do_HEAD(self) -> None:

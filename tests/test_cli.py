@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from awmtrace.cli import main
 
 
-def invoke(*args: str, env: dict[str, str] | None = None):  # noqa: ANN201
+def invoke(*args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(main, list(args), env=env)
 
 

@@ -261,7 +261,10 @@ def test_load_pairs_bad_inputs(tmp_path: Path) -> None:
 
 def test_load_pairs_from_a_store_like_object() -> None:
     recs = [
-        SimpleNamespace(suite=e.suite, name_a=e.name_a, name_b=e.name_b, label=e.label, category="SFT", result=e.result, tool_version="0.1.0", created_at="t")
+        SimpleNamespace(
+            suite=e.suite, name_a=e.name_a, name_b=e.name_b, label=e.label, category="SFT", result=e.result,
+            tool_version="0.1.0", created_at="t",
+        )
         for e in _worked_entries()
     ]  # fmt: skip
     store = SimpleNamespace(records=lambda suite=None: recs, path="fake.sqlite")

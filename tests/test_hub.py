@@ -21,7 +21,7 @@ from awmtrace.io import hub
 from awmtrace.pipeline import compare, open_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import Fault, HubServer  # noqa: E402
+from hubserver import Fault, HubServer
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from awmtrace.suites import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer  # noqa: E402
+from hubserver import HubServer
 
 PAPER_COUNTS = {
     "sft_pairs": 10,
@@ -186,7 +186,7 @@ def test_run_stores_every_pair_reports_missing_models_and_skips_done_pairs(tiny:
     assert again.outcomes[0].record == records[0]
 
     # Another option that changes the score, or another tool version: computed again.
-    monkeypatch.setattr("awmtrace.__version__", "99.0")
+    monkeypatch.setattr("awmtrace._version.__version__", "99.0")
     third = run_suite("tiny", suites_file=tiny["suites"], models_dir=tiny["models"], store=tiny["store"], device="cpu")
     assert third.count("done") == 4
     with ResultsStore(tiny["store"], create=False) as store:

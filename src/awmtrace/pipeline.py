@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from awmtrace import __version__
+from awmtrace._version import __version__
 from awmtrace.arch.resolve import read_attention, read_ffn, resolve
 from awmtrace.core import stats
 from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
@@ -255,7 +255,7 @@ class _RawRead:
             # O_DIRECT: the disk fills the buffer without the CPU time a
             # page-cache copy would take from the BLAS threads.
             self._arrays = [buf.read(layout, direct=True) for layout, buf in self._jobs]
-        except BaseException as exc:  # handed to the caller by result()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
             self._error = exc
 
     def result(self) -> list[np.ndarray]:
@@ -507,7 +507,7 @@ def wants_ffn(weights: str | Iterable[str]) -> bool:
     return bool({"up", "gate"} & set(_parse_weights(weights))) if weights else False
 
 
-def compare_models(
+def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options object replaces them
     a: Model,
     b: Model,
     *,

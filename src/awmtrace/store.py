@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from awmtrace._version import __version__
 from awmtrace.errors import StoreError
 
 __all__ = [
@@ -119,7 +120,7 @@ class StoredRecord:
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(
+    def create(  # noqa: PLR0913 - keyword-only: one per record field
         cls,
         *,
         name_a: str,
@@ -136,8 +137,6 @@ class StoredRecord:
         tool_version: str | None = None,
     ) -> StoredRecord:
         """A record with its key and timestamp filled in; ``result`` may be a ``PairResult`` or its dict."""
-        from awmtrace import __version__
-
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
         version = tool_version or __version__
         opts = dict(options or {})

@@ -361,7 +361,7 @@ def run_suite(
     pairs skipped; a comparison that fails is reported and the run goes on.
     ``on_pair`` is called after each pair, the result already committed.
     """
-    from awmtrace import __version__
+    from awmtrace._version import __version__
     from awmtrace.pipeline import (
         MIN_SHARED_TOKENS,
         Model,

@@ -181,7 +181,7 @@ def print_result(result: dict[str, Any], per_layer: bool) -> None:
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a self-contained HTML report.")
 @quiet_option
 @friendly_errors
-def compare(
+def compare(  # noqa: PLR0913 - one parameter per click option
     model_a: str,
     model_b: str,
     as_json: bool,

@@ -142,7 +142,7 @@ def _fmt(v: float | None, digits: int) -> str:
 @json_option
 @quiet_option
 @friendly_errors
-def run(
+def run(  # noqa: PLR0913 - one parameter per click option
     name: str,
     models_dir: Path | None,
     store_path: Path,

@@ -24,7 +24,7 @@ from awmtrace.errors import FormatError, NumericalError
 __all__ = ["TensorSource", "RowReader", "RawLayout", "RawBuffer", "read_raw_into", "read_json", "to_float32"]
 
 #: Stored element types that :func:`read_raw_into` copies byte for byte.
-RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+RAW_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def read_raw_into(layout: RawLayout, out: np.ndarray) -> np.ndarray:
     count in RSS, and no fresh allocation per read (first touches of fresh
     pages are the dominant cost of copying a layer on small VMs).
     """
-    view = memoryview(out).cast("B")
+    view = memoryview(out).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
     if view.nbytes != layout.nbytes:
         raise ValueError(f"buffer holds {view.nbytes} bytes, the tensor {layout.nbytes}")
     try:
@@ -118,7 +118,7 @@ class RawBuffer:
                 return False
             raise FormatError(f"{layout.path}: cannot read: {exc.strerror or exc}") from None
         try:
-            view = memoryview(span)
+            view = memoryview(span)  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
             done = 0
             while done < need:
                 got = os.preadv(fd, [view[done:]], start + done)

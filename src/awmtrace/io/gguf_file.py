@@ -70,7 +70,7 @@ class GGUFSource(TensorSource):
     def names(self) -> list[str]:
         return list(self._tensors)
 
-    def _get(self, name: str):  # noqa: ANN202
+    def _get(self, name: str):
         try:
             return self._tensors[name]
         except KeyError:

@@ -402,7 +402,7 @@ class _Hub:
     def __init__(self, ref: RepoRef, token: str | bool | None, progress: Progress) -> None:
         from huggingface_hub.utils import build_hf_headers, get_session
 
-        from awmtrace import __version__
+        from awmtrace._version import __version__
 
         self.ref = ref
         self.endpoint = _endpoint()
@@ -466,7 +466,7 @@ class _Hub:
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-        from awmtrace import __version__
+        from awmtrace._version import __version__
 
         api = HfApi(endpoint=self.endpoint, token=self.token, library_name="awmtrace", library_version=__version__)
         try:

@@ -36,7 +36,7 @@ __all__ = ["SafetensorsSource", "INDEX_NAME"]
 INDEX_NAME = "model.safetensors.index.json"
 
 
-def _open(path: Path):  # noqa: ANN202 - safe_open's handle type is private
+def _open(path: Path):  # returns safe_open's handle, whose type is private
     try:
         return safe_open(str(path), framework="numpy")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -167,7 +167,8 @@ def pair_report_html(result: dict[str, Any]) -> str:
         "score lies above the null mean. The normal-tail p-value is P(Z &ge; z) for a standard normal; the empirical "
         "p-value, when the null has raw scores, is (k+1)/(n+1) with k of its n pairs scoring at least as high.</p>",
         "<h2>Per-layer similarity</h2>",
-        f'<img alt="per-layer Wq and Wk similarity of {escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
+        f'<img alt="per-layer Wq and Wk similarity of {escape(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
         "<h2>Models</h2>",
         _model_rows(result),
         "<h2>Alignment and layer matching</h2>",
