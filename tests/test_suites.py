@@ -124,7 +124,7 @@ def tiny(tmp_path: Path, family: dict[str, Path], monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
-    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
     suites = {
         "suites": {
             "tiny": {

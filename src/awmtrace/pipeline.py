@@ -9,7 +9,6 @@ verdict. Every decision is recorded in the result.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,7 +30,7 @@ from awmtrace.errors import (
     UsageError,
     VocabularyError,
 )
-from awmtrace.io import TensorSource, open_source
+from awmtrace.io import TensorSource, hub, open_source
 from awmtrace.io.base import RawBuffer, RawLayout
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
 from awmtrace.nulls import load_null
@@ -63,8 +62,6 @@ MIN_SHARED_TOKENS = 256
 WEIGHTS = ("q", "k", "up", "gate")
 #: Rows of the shared vocabulary converted to float32 at a time.
 EMBEDDING_BLOCK_ROWS = 4096
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances; ``stage`` is a short phrase."""
@@ -100,9 +97,19 @@ class Model:
         self.close()
 
 
-def looks_like_repo_id(spec: str) -> bool:
-    """``org/name`` or ``org/name@revision`` that is not an existing local path."""
-    return bool(_REPO_ID.match(spec)) and not Path(spec).exists()
+def hub_tensors(source: TensorSource, ffn: bool) -> list[str]:
+    """The tensors a comparison reads, named from a checkpoint's headers: the Hub fetcher's selector.
+
+    Token embedding and each layer's Q and K (or fused QKV); with ``ffn`` the
+    FFN input projections too.
+    """
+    view = resolve(source)
+    names = [view.embedding.name]
+    for layer in view.layers:
+        names += [layer.q.name, layer.k.name]
+        if ffn:
+            names += [r.name for r in (*layer.up, *layer.gate)]
+    return list(dict.fromkeys(names))
 
 
 def _local_path(spec: str | Path, progress: Progress, ffn: bool = False) -> Path:
@@ -110,10 +117,8 @@ def _local_path(spec: str | Path, progress: Progress, ffn: bool = False) -> Path
     if path.exists():
         return path
     text = str(spec)
-    if looks_like_repo_id(text):
-        from awmtrace.io import hub
-
-        return hub.ensure_local(text, progress=progress, ffn=ffn)
+    if hub.looks_like_repo_id(text):
+        return hub.ensure_local(text, progress=progress, ffn=ffn, select=hub_tensors)
     raise InputNotFound(f"{text}: no such file or directory, and not a Hugging Face repo id (org/name[@revision])")
 
 

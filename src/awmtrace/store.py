@@ -27,6 +27,7 @@ from typing import Any
 
 from awmtrace._version import __version__
 from awmtrace.errors import StoreError
+from awmtrace.io.identity import model_identity
 
 __all__ = [
     "ResultsStore",
@@ -328,31 +329,5 @@ class ResultsStore:
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """What identifies a model's inputs, cheaply: ``hf:org/name@commit`` for Hub copies, else file stats.
-
-    For a local directory: the names, sizes and modification times of its
-    files; for a single file: that file plus ``config.json`` and tokenizer
-    files beside it. A rewritten checkpoint gets a new fingerprint; a Hub
-    model keeps its identity wherever and whenever it was fetched.
-    """
-    from awmtrace.io.hub import snapshot_identity
-    from awmtrace.io.vocab import TOKENIZER_FILES
-
-    p = Path(path)
-    ident = snapshot_identity(p if p.is_dir() else p.parent) if p.exists() else None
-    if ident is not None:
-        return ident
-    if p.is_dir():
-        files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
-    else:
-        files = [p]
-        for pattern in ("config.json", *TOKENIZER_FILES):
-            files.extend(f for f in p.parent.glob(pattern) if f.is_file() and f != p)
-    h = hashlib.sha256()
-    for f in sorted(set(files)):
-        try:
-            st = f.stat()
-        except OSError:
-            continue
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return "local:" + h.hexdigest()[:32]
+    """What identifies a model's inputs: :func:`awmtrace.io.identity.model_identity` (Hub commit, else file stats)."""
+    return model_identity(path)

@@ -322,8 +322,9 @@ def locate_model(
     if not fetch:
         raise InputNotFound(f"{name}: not found locally{looked} and fetching from the Hub is off")
     from awmtrace.io import hub
+    from awmtrace.pipeline import hub_tensors
 
-    return hub.ensure_local(repo_id, progress, ffn=ffn)
+    return hub.ensure_local(repo_id, progress, ffn=ffn, select=hub_tensors)
 
 
 def _null_identity(null: Any) -> tuple[Any, dict[str, Any]]:

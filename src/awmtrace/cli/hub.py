@@ -56,13 +56,14 @@ def fetch(repo_ids: tuple[str, ...], ffn: bool, verify: bool, dry_run: bool, as_
     HF_ENDPOINT and HF_HUB_OFFLINE are honoured.
     """
     from awmtrace.io import hub
+    from awmtrace.pipeline import hub_tensors
 
     results: list[Any] = []
     errors: list[tuple[str, str]] = []
     with progress_reporter(quiet or as_json) as progress:
         for spec in repo_ids:
             try:
-                results.append(hub.fetch(spec, ffn=ffn, progress=progress, verify=verify, dry_run=dry_run))
+                results.append(hub.fetch(spec, select=hub_tensors, ffn=ffn, progress=progress, verify=verify, dry_run=dry_run))
             except AwmError as exc:
                 if len(repo_ids) == 1:
                     raise
