@@ -34,6 +34,7 @@ __all__ = [
     "StoredRecord",
     "record_key",
     "model_fingerprint",
+    "is_sqlite_file",
     "DEFAULT_STORE",
     "SCHEMA_VERSION",
 ]
@@ -45,7 +46,8 @@ SCHEMA_VERSION = 1
 #: SQLite ``application_id`` of a results store ("AWMR").
 APPLICATION_ID = 0x41574D52
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
 
 _SCHEMA = """
 CREATE TABLE results (
@@ -213,11 +215,10 @@ class ResultsStore:
 
     def _check_magic(self) -> None:
         try:
-            with self.path.open("rb") as fh:
-                head = fh.read(len(_SQLITE_MAGIC))
+            foreign = self.path.stat().st_size > 0 and not is_sqlite_file(self.path)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
-        if head and head != _SQLITE_MAGIC:
+        if foreign:
             raise StoreError(f"{self.path}: not a results store (not an SQLite file); pass another --store path")
 
     def _init(self, create: bool) -> None:
@@ -326,6 +327,12 @@ class ResultsStore:
         except (TypeError, json.JSONDecodeError) as exc:
             raise StoreError(f"{self.path}: damaged row {d['key'][:12]} ({exc})") from None
         return StoredRecord(**d)
+
+
+def is_sqlite_file(path: str | Path) -> bool:
+    """Whether ``path`` starts with SQLite's file header (raises ``OSError`` when it cannot be read)."""
+    with Path(path).open("rb") as fh:
+        return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 
 def model_fingerprint(path: str | Path) -> str:

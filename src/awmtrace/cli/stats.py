@@ -118,7 +118,8 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """How well stored scores separate related from independent pairs: AUC, pAUC, TPR@FPR, threshold, |z| table."""
-    from awmtrace.evaluate import evaluate_path, write_evaluation
+    from awmtrace.evaluate import evaluate_path
+    from awmtrace.report.evaluation import write_evaluation
 
     ev = evaluate_path(source, labels=labels, suites=suites or None, null=null, max_fpr=max_fpr, fpr_target=fpr_target)
     written = write_evaluation(ev, out_dir) if out_dir is not None else {}
