@@ -101,12 +101,15 @@ def test_bad_suites_files_give_one_line_errors(tmp_path: Path) -> None:
         "nosuites.json": '{"x": 1}',
         "badpair.json": '{"suites": {"s": {"models": {"a": null}, "pairs": [["a", "b"]]}}}',
         "badlabel.json": '{"suites": {"s": {"models": {"a": null}, "pairs": [], "label": "maybe"}}}',
+        "nolabel.json": '{"suites": {"s": {"models": {"a": null, "b": null}, "pairs": [["a", "b"]]}}}',
     }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(FormatError) as info:
             load_suites(tmp_path / name)
         assert "\n" not in str(info.value) and name in str(info.value)
+        if name == "nolabel.json":  # never silently "related": the label is the truth evaluate and calibrate use
+            assert "suite 's' has no 'label'" in str(info.value) and '"related" or "independent"' in str(info.value)
     with pytest.raises(UsageError):
         get_suite("nope")
 
@@ -129,6 +132,7 @@ def tiny(tmp_path: Path, family: dict[str, Path], monkeypatch: pytest.MonkeyPatc
         "suites": {
             "tiny": {
                 "category": "SFT",
+                "label": "related",
                 "models": {"base": None, "drift": None, "perm": "org/perm", "independent": None, "ghost": None, "hubbed": "acme/hubbed"},
                 "pairs": [["base", "drift"], ["base", "perm"], ["base", "ghost"], ["drift", "hubbed"], ["base", "independent"]],
             }

@@ -507,6 +507,11 @@ def _parse_weights(weights: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def parse_weights(weights: str | Iterable[str]) -> tuple[str, ...]:
+    """The weight kinds ``weights`` names (``"q,k,up"`` or an iterable), checked: q and k always, up/gate optional."""
+    return _parse_weights(weights)
+
+
 def wants_ffn(weights: str | Iterable[str]) -> bool:
     """Whether ``weights`` (as ``--weights`` takes it) asks for FFN scores, i.e. FFN tensors must be read."""
     return bool({"up", "gate"} & set(_parse_weights(weights))) if weights else False
