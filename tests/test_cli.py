@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from awmtrace._version import __version__
 from awmtrace.cli import main
 
 
@@ -27,10 +28,15 @@ def test_demo_shows_relatives_high_and_stranger_low() -> None:
             assert abs(row["result"]["score"]) < 0.01
 
 
+MEMBERS = ("fine-tuned", "permuted", "width-pruned", "depth-pruned", "gguf-q8_0", "independent")
+
+
 def test_demo_table(tmp_path: Path) -> None:
     r = invoke("demo", "-q", "--out", str(tmp_path / "fam"))
     assert r.exit_code == 0, r.output
-    assert "independent" in r.stdout and "related" in r.stdout
+    # The verdict column, row by row (a member is itself named "independent", so a bare substring test proves nothing).
+    verdicts = {line.split()[0]: line.split()[-1] for line in r.stdout.splitlines() if line.split()[:1] and line.split()[0] in MEMBERS}
+    assert verdicts == {m: ("independent" if m == "independent" else "related") for m in MEMBERS}, r.stdout
     assert "unexpected" not in r.stdout
     assert (tmp_path / "fam" / "base" / "model.safetensors").is_file()
 
@@ -100,6 +106,7 @@ def test_inspect(family: dict[str, Path]) -> None:
 
 
 def test_version_and_help() -> None:
-    assert invoke("--version").exit_code == 0
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"awm, version {__version__}"
     r = invoke("--help")
     assert r.exit_code == 0 and "compare" in r.stdout and "demo" in r.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -113,11 +114,21 @@ def test_plot_pair_writes_a_png(tmp_path: Path, depths: tuple[int, int]) -> None
 
 
 def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
-    plot_pair(_result(), tmp_path / "a.png")
-    if "matplotlib.pyplot" in sys.modules:
-        import matplotlib.pyplot as plt
-
-        assert plt.get_fignums() == []
+    # A fresh process: whether pyplot gets imported, and whether figures outlive the call, are process-wide state.
+    (tmp_path / "result.json").write_text(json.dumps(_result()))
+    script = f"""
+import json, sys
+from pathlib import Path
+from awmtrace.report.figures import plot_pair
+result = json.loads(Path({str(tmp_path / "result.json")!r}).read_text())
+plot_pair(result, Path({str(tmp_path / "a.png")!r}))
+imported = "matplotlib.pyplot" in sys.modules
+import matplotlib.pyplot as plt
+plot_pair(result, Path({str(tmp_path / "b.png")!r}))
+print(json.dumps({{"pyplot_imported": imported, "open_figures": plt.get_fignums()}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"pyplot_imported": False, "open_figures": []}
 
 
 def test_plot_pair_refuses_what_is_not_a_result(tmp_path: Path) -> None:
