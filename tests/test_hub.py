@@ -404,3 +404,10 @@ def test_a_repo_with_one_gguf_needs_no_name_and_is_cached(server: HubServer, tmp
     first = fetch("acme/solo")
     assert first.source == "fetched" and first.file == "solo-Q8_0.gguf"
     assert fetch("acme/solo").source == "awmtrace-cache"
+
+
+def test_a_listing_that_names_paths_outside_the_repo_is_refused(server: HubServer, tmp_path: Path) -> None:
+    server.add_repo("acme/evil", {"config.json": b"{}", "../../escape.safetensors": b"x" * 16})
+    with pytest.raises(HubError, match=r"lists a file named '\.\./\.\./escape\.safetensors', which is not a plain relative path"):
+        fetch("acme/evil")
+    assert not list(tmp_path.rglob("escape*"))

@@ -47,11 +47,16 @@ _SOURCE = {
 @quiet_option
 @friendly_errors
 def fetch(repo_ids: tuple[str, ...], ffn: bool, verify: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
-    """Fetch what AWM needs from Hugging Face repos ID (org/name[@revision]).
+    """Fetch what AWM needs from Hugging Face repos ID.
+
+    ID is org/name, org/name@REVISION, a legacy single name (gpt2), a Hub
+    address (https://huggingface.co/org/name[/tree/REVISION]) or
+    hf://org/name; org/name:FILE.gguf or org/name:QUANT (Q4_K_M) picks one
+    GGUF file of a repo.
 
     Only config.json, the tokenizer and, from safetensors shards, the byte
     ranges of the token embedding and attention Q/K are downloaded; pickle
-    .bin checkpoints are fetched whole. Copies are cached (AWMTRACE_CACHE,
+    .bin checkpoints and GGUF files are fetched whole. Copies are cached (AWMTRACE_CACHE,
     default $HF_HOME/awmtrace), interrupted fetches resume, and HF_TOKEN,
     HF_ENDPOINT and HF_HUB_OFFLINE are honoured.
     """
@@ -76,7 +81,7 @@ def fetch(repo_ids: tuple[str, ...], ffn: bool, verify: bool, dry_run: bool, as_
             t.add_column(col, justify="right" if col in ("fetched now", "needed", "checkpoint", "fraction") else "left")
         for r in results:
             t.add_row(
-                escape(r.repo_id + (f"@{r.revision}" if r.revision else "")),
+                escape(r.repo_id + (f"@{r.revision}" if r.revision else "") + (f":{r.file}" if r.file else "")),
                 r.commit[:12],
                 _SOURCE.get(r.source, r.source),
                 human_bytes(r.bytes_fetched),

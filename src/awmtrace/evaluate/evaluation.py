@@ -211,6 +211,14 @@ def _multiple_comparisons(rows: list[dict[str, Any]], alpha: float) -> dict[str,
     }
 
 
+def _verdict_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many pairs of each label got each verdict."""
+    counts: dict[str, Counter[str]] = {"related": Counter(), "independent": Counter()}
+    for r in rows:
+        counts[r["label"]][str(r["verdict"])] += 1
+    return {k: dict(v) for k, v in counts.items()}
+
+
 def evaluate(
     pairs: Iterable[PairEntry],
     labels: dict[tuple[str, str], str] | None = None,
@@ -249,9 +257,6 @@ def evaluate(
     notes += _resolution_notes(n_neg, max_fpr, fpr_target)
     threshold = _threshold(scores, positive, nulls_seen, notes)
     mc = _multiple_comparisons(rows, alpha)
-    counts: dict[str, Counter[str]] = {"related": Counter(), "independent": Counter()}
-    for r in rows:
-        counts[r["label"]][str(r["verdict"])] += 1
     return Evaluation(
         n_related=n_pos,
         n_independent=n_neg,
@@ -264,15 +269,11 @@ def evaluate(
         fpr_target=fpr_target,
         fpr_at_target=t_fpr,
         threshold=threshold,
-        roc={
-            "fpr": fpr.tolist(),
-            "tpr": tpr.tolist(),
-            "thresholds": [None if not math.isfinite(t) else float(t) for t in thresholds],
-        },
+        roc={"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": [None if not math.isfinite(t) else float(t) for t in thresholds]},
         pairs=rows,
         null=null.to_dict() if null is not None else None,
         multiple_comparisons=mc,
-        verdict_counts={k: dict(v) for k, v in counts.items()},
+        verdict_counts=_verdict_counts(rows),
         notes=notes,
     )
 

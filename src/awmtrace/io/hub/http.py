@@ -133,6 +133,10 @@ class HubSession:
             size = s.size if s.size is not None else size
             if size is None:
                 raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists {s.rfilename} without a size")
+            # Names become paths in the cache: a listing must not reach outside it.
+            name = str(s.rfilename)
+            if not name or name.startswith("/") or "\\" in name or ".." in name.split("/"):
+                raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists a file named {name!r}, which is not a plain relative path")
             files[s.rfilename] = RemoteFile(s.rfilename, int(size), sha or s.blob_id, lfs is not None)
         return commit, files
 
