@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -124,16 +125,18 @@ def parse_header(file: str, raw: bytes, header_len: int, file_size: int, where: 
     return SafetensorsHeader(file, file_size, header_len, {str(k): str(v) for k, v in meta.items()}, {t.name: t for t in tensors})
 
 
-def read_header(path: str, file_size: int | None = None) -> SafetensorsHeader:
-    """The checked header of a local safetensors file."""
+def read_header(path: str) -> SafetensorsHeader:
+    """The checked header of a local safetensors file (a regular file; FIFOs and devices are refused unopened)."""
     try:
-        size = os.path.getsize(path) if file_size is None else file_size
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{path}: not a regular file; expected a safetensors file")
         with open(path, "rb") as fh:
-            n = header_length(fh.read(8), size, path)
+            n = header_length(fh.read(8), st.st_size, path)
             raw = fh.read(n)
     except OSError as exc:
         raise FormatError(f"{path}: cannot read the safetensors header ({exc.strerror or exc})") from None
-    return parse_header(os.path.basename(path), raw, n, size, path)
+    return parse_header(os.path.basename(path), raw, n, st.st_size, path)
 
 
 def write_header(tensors: Iterable[HeaderTensor], metadata: dict[str, str]) -> bytes:
