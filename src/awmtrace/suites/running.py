@@ -84,6 +84,9 @@ class SuiteRun:
         }
 
 
+_MODEL_FILE_EXTS = (".gguf", ".safetensors", ".bin")
+
+
 def locate_model(
     name: str,
     repo_id: str | None,
@@ -95,22 +98,29 @@ def locate_model(
 ) -> Path:
     """Where model ``name`` is: ``models_dir/name``, ``models_dir/<repo name>``, ``models_dir/<org>/<name>``, else the Hub.
 
+    Each of those may be a folder or a file with a ``.gguf``/``.safetensors``/``.bin`` suffix.
+
     Raises :class:`InputNotFound` (no repo id, or fetching off) or
     :class:`awmtrace.errors.HubError` (the Hub refused, offline and not cached).
     """
     tried: list[Path] = []
     if models_dir is not None:
         root = Path(models_dir).expanduser()
-        candidates = [root / name]
+        stems = [root / name]
         if repo_id:
-            candidates += [root / repo_id.split("@")[0].split("/")[-1], root / repo_id.split("@")[0]]
+            stems += [root / repo_id.split("@")[0].split("/")[-1], root / repo_id.split("@")[0]]
+        # A model is a folder, or a single file named after it (llama.cpp users keep flat NAME.gguf files).
+        candidates = [c for stem in stems for c in (stem, *(stem.with_name(stem.name + ext) for ext in _MODEL_FILE_EXTS))]
         for c in candidates:
             if c.exists():
                 return c
-            tried.append(c)
-    looked = f" (looked for {', '.join(str(t) for t in dict.fromkeys(tried))})" if tried else ""
+        tried = stems
+    exts = "/".join(_MODEL_FILE_EXTS)
+    looked = f" (looked for {', '.join(str(t) for t in dict.fromkeys(tried))}, as folders or {exts} files)" if tried else ""
     if repo_id is None:
-        raise InputNotFound(f"{name}: not found locally{looked} and the suite gives no Hub repo id; put it in --models-dir as {name}/")
+        raise InputNotFound(
+            f"{name}: not found locally{looked} and the suite gives no Hub repo id; put it in --models-dir as {name}/ or {name}.gguf"
+        )
     if not fetch:
         raise InputNotFound(f"{name}: not found locally{looked} and fetching from the Hub is off")
     return hub.ensure_local(repo_id, progress, ffn=ffn, select=pipeline.hub_tensors)
