@@ -17,8 +17,8 @@ from awmtrace.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-# Options the README names that belong to other tools (pip, pytest, the benchmark scripts), not to awm.
-OTHER_TOOLS = {"--no-deps", "--shape", "--impl", "--index-url", "--extra-index-url", "--check"}
+# Options the README names that belong to other tools, not to awm: pip, ruff, the benchmark scripts, `ray start`.
+OTHER_TOOLS = {"--no-deps", "--index-url", "--extra-index-url", "--check", "--shape", "--impl", "--head", "--address"}
 _OPTION = re.compile(r"(?<![\w./-])(--[a-z][a-z0-9-]*)")
 
 
