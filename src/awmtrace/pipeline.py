@@ -100,15 +100,19 @@ class Model:
 def hub_tensors(source: TensorSource, ffn: bool) -> list[str]:
     """The tensors a comparison reads, named from a checkpoint's headers: the Hub fetcher's selector.
 
-    Token embedding and each layer's Q and K (or fused QKV); with ``ffn`` the
-    FFN input projections too.
+    Token embedding and each layer's Q and K (or fused QKV) with the norm gain
+    feeding them where the view records one; with ``ffn`` the FFN input
+    projections and their norm too.
     """
     view = resolve(source)
     names = [view.embedding.name]
     for layer in view.layers:
         names += [layer.q.name, layer.k.name]
+        norms = [getattr(layer, "attn_norm", None)]
         if ffn:
             names += [r.name for r in (*layer.up, *layer.gate)]
+            norms.append(getattr(layer, "ffn_norm", None))
+        names += [n.name for n in norms if n is not None]
     return list(dict.fromkeys(names))
 
 
