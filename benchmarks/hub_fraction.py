@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from hubserver import HubServer, RepoFile  # noqa: E402
+from hubserver import HubServer, RepoFile
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def run(shape: str, dry_run: bool) -> dict[str, object]:
     from huggingface_hub.utils import close_session
 
     from awmtrace.io import hub
-    from awmtrace.pipeline import open_model
+    from awmtrace.pipeline import hub_tensors, open_model
 
     s = SHAPES[shape]
     cache = Path(tempfile.mkdtemp(prefix="awm-hub-bench-"))
@@ -126,7 +126,7 @@ def run(shape: str, dry_run: bool) -> dict[str, object]:
         server.add_repo(s.repo, repo_files(s))
         os.environ.update(HF_ENDPOINT=server.url, HF_HOME=str(cache), HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0")
         started = time.perf_counter()
-        result = hub.fetch(s.repo, dry_run=dry_run)
+        result = hub.fetch(s.repo, select=hub_tensors, dry_run=dry_run)
         wall = time.perf_counter() - started
         layers = None
         if result.path is not None:

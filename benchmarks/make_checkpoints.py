@@ -192,7 +192,7 @@ class Derived:
         return out
 
 
-def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # noqa: ANN202 - generator of (name, array)
+def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # generator of (name, array)
     """``(name, float32 array)`` in Hugging Face Llama order."""
     base = BaseWeights(shape, SEEDS[kind])
     d = Derived(base, drift, scale) if kind == "derived" else None

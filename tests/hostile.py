@@ -49,7 +49,7 @@ def guarded(code: str, *args: str) -> tuple[int, str, float]:
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
-            preexec_fn=_limit_memory,  # noqa: PLW1509 - no threads are running in the test process's fork path
+            preexec_fn=_limit_memory,
             env=env,
         )
     except subprocess.TimeoutExpired:

@@ -4,7 +4,8 @@ It implements the part of the Hub's HTTP protocol that huggingface_hub 2.x
 and :mod:`awmtrace.io.hub` use:
 
 * ``GET /api/models/{org}/{name}[/revision/{rev}][?blobs=true]``: repo info
-  with ``sha`` and ``siblings`` (``size``, ``blobId``, ``lfs``);
+  with ``sha`` and ``siblings`` (``size``, ``blobId``, ``lfs``); legacy
+  single-name repos (``gpt2``) drop the ``{org}/`` part everywhere;
 * ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{file}``: git files answered
   directly (``ETag`` = git blob sha1), LFS files with a 302 to ``/_cdn/...``
   carrying ``X-Linked-Etag`` (sha256) and ``X-Linked-Size``, always with
@@ -229,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
         # delayed ACKs add ~40 ms to every small response.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the base class names it so
         return None
 
     def do_HEAD(self) -> None:
@@ -257,37 +258,47 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         return auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
 
-    def _repo(self, org: str, name: str, head: bool) -> Repo | None:
-        repo = self.hub.repos.get(f"{org}/{name}")
+    def _repo(self, repo_id: str, head: bool) -> Repo | None:
+        repo = self.hub.repos.get(repo_id)
         if repo is None:
             # The Hub answers 401 to anonymous callers so as not to reveal private repos.
             status = 404 if self._authorized() else 401
             self._error(status, "RepoNotFound", "Repository not found", head)
         return repo
 
+    def _split_repo(self, parts: list[str]) -> tuple[str, list[str]]:
+        """``(repo id, rest)`` of path segments that start with ``org/name`` or a legacy single name."""
+        if len(parts) >= 2 and f"{parts[0]}/{parts[1]}" in self.hub.repos:
+            return f"{parts[0]}/{parts[1]}", parts[2:]
+        if parts and parts[0] in self.hub.repos:
+            return parts[0], parts[1:]
+        return "/".join(parts[:2]), parts[2:]
+
     def _route(self, head: bool) -> None:
         path = urlsplit(self.path).path
         self.hub.requests.append((self.command, path, self.headers.get("Range")))
-        parts = path.split("/")
-        if len(parts) >= 5 and parts[1] == "api" and parts[2] == "models":
-            return self._info(parts[3:], head)
-        if len(parts) >= 6 and parts[3] == "resolve":
-            return self._resolve(parts[1], parts[2], unquote(parts[4]), unquote("/".join(parts[5:])), head)
-        if len(parts) >= 6 and parts[1] == "_cdn":
-            repo = self.hub.repos.get(f"{parts[2]}/{parts[3]}")
-            file = repo.files.get(unquote("/".join(parts[5:]))) if repo and parts[4] == repo.commit else None
+        parts = path.split("/")[1:]
+        if parts[:2] == ["api", "models"] and len(parts) >= 3:
+            repo_id, rest = self._split_repo(parts[2:])
+            return self._info(repo_id, rest, head)
+        if parts[:1] == ["_cdn"] and len(parts) >= 4:
+            repo = self.hub.repos.get(unquote(parts[1]).replace("--", "/"))
+            file = repo.files.get(unquote("/".join(parts[3:]))) if repo and parts[2] == repo.commit else None
             if repo is None or file is None:
                 return self._send(404, {}, b"not found", head)
-            return self._serve(unquote("/".join(parts[5:])), file, {"ETag": f'"{file.sha256}"'}, head)
+            return self._serve(unquote("/".join(parts[3:])), file, {"ETag": f'"{file.sha256}"'}, head)
+        repo_id, rest = self._split_repo(parts)
+        if len(rest) >= 3 and rest[0] == "resolve":
+            return self._resolve(repo_id, unquote(rest[1]), unquote("/".join(rest[2:])), head)
         self._send(404, {}, b"no such route", head)
 
-    def _info(self, rest: list[str], head: bool) -> None:
-        repo = self._repo(rest[0], rest[1], head)
+    def _info(self, repo_id: str, rest: list[str], head: bool) -> None:
+        repo = self._repo(repo_id, head)
         if repo is None:
             return
         commit = repo.commit
-        if len(rest) >= 4 and rest[2] == "revision":
-            rev = unquote("/".join(rest[3:]))
+        if len(rest) >= 2 and rest[0] == "revision":
+            rev = unquote("/".join(rest[1:]))
             commit = repo.refs.get(rev) or (rev if rev == repo.commit else "")
             if not commit:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
@@ -318,8 +329,8 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), head)
 
-    def _resolve(self, org: str, name: str, rev: str, filename: str, head: bool) -> None:
-        repo = self._repo(org, name, head)
+    def _resolve(self, repo_id: str, rev: str, filename: str, head: bool) -> None:
+        repo = self._repo(repo_id, head)
         if repo is None:
             return
         commit = repo.refs.get(rev) or (rev if rev == repo.commit else None)
@@ -339,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
             m = _RANGE.match(rng.strip()) if rng else None
             fault = self.hub._take_fault(filename, int(m.group(1)), file.size, ("etag",)) if (m and not head) else None
             headers = {
-                "Location": f"/_cdn/{org}/{name}/{commit}/{filename}",
+                "Location": f"/_cdn/{repo_id.replace('/', '--')}/{commit}/{filename}",
                 "X-Repo-Commit": commit,
                 "X-Linked-Etag": f'"{"0" * 64 if fault is not None else file.sha256}"',
                 "X-Linked-Size": str(file.size),

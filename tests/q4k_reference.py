@@ -14,7 +14,7 @@ def nearest_int(x: np.float32) -> int:
     return int(np.rint(x))  # ggml's float trick rounds half to even, as rint does
 
 
-def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20):  # noqa: ANN201
+def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20):
     n = x.size
     L = [0] * n
     mn, mx = F(x[0]), F(x[0])

@@ -344,7 +344,7 @@ class Planted:
         save_file(tensors, str(folder / "model.safetensors"))
         self.folder = folder
 
-    def _tensor(self, template, bid, xid, expected, ffn_names, transposed_ffn, mat, rng) -> np.ndarray:  # noqa: ANN001
+    def _tensor(self, template, bid, xid, expected, ffn_names, transposed_ffn, mat, rng) -> np.ndarray:
         nh, nkv, hd = expected["heads"]
         if template == expected["embedding"]:
             return mat(self.vocab, HIDDEN)
@@ -480,7 +480,7 @@ LLAMA_CONFIG = {
 }
 
 
-def resolve_dir(folder: Path):  # noqa: ANN201
+def resolve_dir(folder: Path):
     with open_source(folder) as source:
         return resolve(source)
 
@@ -656,7 +656,7 @@ def write_gguf(path: Path, arch: str, heads: tuple[int, int | None], tensors: di
     return path
 
 
-def gguf_model(tmp_path: Path, arch: str, nh: int, nkv: int, fused: bool, extra: dict[str, np.ndarray] | None = None):  # noqa: ANN201
+def gguf_model(tmp_path: Path, arch: str, nh: int, nkv: int, fused: bool, extra: dict[str, np.ndarray] | None = None):
     rng = np.random.default_rng(11)
     hd = HIDDEN // nh
     q = [rng.standard_normal((nh * hd, HIDDEN)).astype(np.float32) for _ in range(2)]

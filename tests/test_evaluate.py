@@ -261,7 +261,10 @@ def test_load_pairs_bad_inputs(tmp_path: Path) -> None:
 
 def test_load_pairs_from_a_store_like_object() -> None:
     recs = [
-        SimpleNamespace(suite=e.suite, name_a=e.name_a, name_b=e.name_b, label=e.label, category="SFT", result=e.result, tool_version="0.1.0", created_at="t")
+        SimpleNamespace(
+            suite=e.suite, name_a=e.name_a, name_b=e.name_b, label=e.label, category="SFT", result=e.result,
+            tool_version="0.1.0", created_at="t",
+        )
         for e in _worked_entries()
     ]  # fmt: skip
     store = SimpleNamespace(records=lambda suite=None: recs, path="fake.sqlite")
@@ -321,13 +324,44 @@ def test_evaluate_cli_errors_are_one_line(tmp_path: Path) -> None:
     src = tmp_path / "ok.json"
     src.write_text(json.dumps(_items()))
     cases = [
-        ([str(empty)], "empty"),
+        ([str(empty)], "empty file, no results"),  # not just "empty": the path echoes that word
         ([str(one)], "all 3 labelled pairs are related"),
         ([str(unlabelled)], "--labels"),
         ([str(src), "--null", str(flat)], "no variance"),
-        ([str(tmp_path / "nothing.json")], "nothing.json"),
+        ([str(tmp_path / "nothing.json")], "nothing.json: no such results store"),
     ]
     for args, message in cases:
         r = CliRunner().invoke(main, ["evaluate", *args])
         assert r.exit_code == 3, (args, r.output)
         assert message in r.output and "Traceback" not in r.output and r.output.strip().count("\n") == 0, r.output
+
+
+_GOOD = {"score": 0.01, "a": {"spec": "x"}, "b": {"spec": "y"}, "label": "independent", "z": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({**_GOOD, "suite": ["s"]}, "item 1: field 'suite' should be text, found list"),
+        ({**_GOOD, "name_a": {"x": 1}}, "item 1: field 'name_a' should be text, found dict"),
+        ({**_GOOD, "tool": "zz"}, "item 1: field 'tool' should be an object, found 'zz'"),
+        ({**_GOOD, "null": "paper"}, "item 1: field 'null' should be an object, found 'paper'"),
+        ({**_GOOD, "verdict": "yes"}, "item 1: field 'verdict' should be an object, found 'yes'"),
+        ({**_GOOD, "verdict": {"label": "x", "thresholds": {"related": "5"}}}, "field 'verdict.thresholds' should be an object of numbers"),
+        ({**_GOOD, "z": "high"}, "item 1: field 'z' should be a number or null, found 'high'"),
+        ({**_GOOD, "alignment": {"hidden_size_a": "big"}}, "field 'alignment.hidden_size_a' should be a number"),
+        ({**_GOOD, "a": "x"}, "item 1: field 'a' should be an object, found 'x'"),
+        ("[" * 50_000, "nested too deeply"),
+    ],
+)
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+def test_malformed_results_files_name_the_file_and_field(tmp_path: Path, command: str, item: object, message: str) -> None:
+    bad = tmp_path / "results.json"
+    other = {**_GOOD, "a": {"spec": "p"}, "b": {"spec": "q"}, "score": 0.02}
+    bad.write_text(item if isinstance(item, str) else json.dumps([item, other]))
+    with pytest.raises(FormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_pairs(bad)
+    args = ["calibrate", "--from", str(bad), "-o", str(tmp_path / "null.json")] if command == "calibrate" else ["evaluate", str(bad)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 3 and "Traceback" not in r.output, r.output
+    assert " ".join(r.output.split()).startswith(f"error: {bad}:") and message in " ".join(r.output.split()), r.output

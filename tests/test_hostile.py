@@ -25,7 +25,7 @@ from awmtrace.io import open_source
 from awmtrace.io.gguf_file import check_gguf_layout
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hostile import CLI, OPENER, assert_refused, compare, guarded  # noqa: E402
+from hostile import CLI, OPENER, assert_refused, compare, guarded
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +325,7 @@ def _deny(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
     for fn_name in ("open", "listdir"):
         real = getattr(os, fn_name)
 
-        def fake(path, *args, _real=real, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        def fake(path, *args, _real=real, **kwargs):
             if os.fspath(path) == str(victim):
                 raise PermissionError(13, "Permission denied", os.fspath(path))
             return _real(path, *args, **kwargs)

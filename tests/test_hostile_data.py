@@ -23,7 +23,7 @@ from awmtrace.errors import AwmError, NotARegularFile, PermissionDenied
 from awmtrace.io import open_source
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hostile import CLI, assert_refused, compare, guarded  # noqa: E402
+from hostile import CLI, assert_refused, compare, guarded
 
 
 @pytest.fixture(scope="module")

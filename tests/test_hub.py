@@ -18,10 +18,15 @@ from awmtrace import synth
 from awmtrace.cli import main
 from awmtrace.errors import FormatError, HubError, InputNotFound
 from awmtrace.io import hub
-from awmtrace.pipeline import compare, open_model
+from awmtrace.pipeline import compare, hub_tensors, open_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import Fault, HubServer  # noqa: E402
+from hubserver import Fault, HubServer
+
+
+def fetch(spec: str, **kwargs: object) -> hub.FetchResult:
+    """What a comparison fetches: the tensors the pipeline's selector names."""
+    return hub.fetch(spec, select=hub_tensors, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models: dict[str, Pa
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
     try:
         yield srv
     finally:
@@ -80,7 +85,7 @@ def _lean_names(folder: Path) -> set[str]:
 
 
 def test_fetch_transfers_a_small_fraction_and_scores_like_the_full_copy(server: HubServer, models: dict[str, Path]) -> None:
-    result = hub.fetch("acme/big")
+    result = fetch("acme/big")
     full = _weights_bytes(models["big"])
     checkpoint = full - (models["big"] / "vocab.json").stat().st_size
     assert result.source == "fetched"
@@ -94,7 +99,8 @@ def test_fetch_transfers_a_small_fraction_and_scores_like_the_full_copy(server: 
     ]  # fmt: skip
     names = _lean_names(result.path)
     assert "model.embed_tokens.weight" in names
-    assert {n.split(".")[-2] for n in names if n.startswith("model.layers.")} == {"q_proj", "k_proj"}
+    # Q and K, and the norm gains feeding them once the view records those; nothing else of a layer.
+    assert {n.split(".")[-2] for n in names if n.startswith("model.layers.")} - {"input_layernorm"} == {"q_proj", "k_proj"}
     assert not (result.path / "model.safetensors.index.json").exists()
     pair = compare(models["big"], "acme/big")
     assert pair.score >= 0.99
@@ -102,12 +108,12 @@ def test_fetch_transfers_a_small_fraction_and_scores_like_the_full_copy(server: 
 
 
 def test_second_fetch_comes_from_the_cache_and_a_commit_needs_no_request(server: HubServer) -> None:
-    first = hub.fetch("acme/big")
+    first = fetch("acme/big")
     server.reset_counts()
-    again = hub.fetch("acme/big")
+    again = fetch("acme/big")
     assert again.source == "awmtrace-cache" and again.path == first.path and server.bytes_served == 0
     server.reset_counts()
-    pinned = hub.fetch(f"acme/big@{first.commit}")
+    pinned = fetch(f"acme/big@{first.commit}")
     assert pinned.path == first.path and server.requests == []
 
 
@@ -120,7 +126,7 @@ def test_bf16_lean_copy_reads_back_the_same_values(server: HubServer, models: di
 
 def test_a_dropped_connection_is_resumed_within_the_call(server: HubServer, models: dict[str, Path]) -> None:
     server.faults.append(Fault("model-00001", "drop", after=20_000, times=2))
-    result = hub.fetch("acme/big")
+    result = fetch("acme/big")
     assert result.source == "fetched"
     assert all(f.times == 0 for f in server.faults)
     # Resumed with Range from where each drop stopped: nothing sent twice.
@@ -129,20 +135,20 @@ def test_a_dropped_connection_is_resumed_within_the_call(server: HubServer, mode
 
 
 def test_an_interrupted_fetch_resumes_in_the_next_run(server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub, "MAX_RETRIES", 0)
+    monkeypatch.setattr(hub.http, "MAX_RETRIES", 0)
     server.faults.append(Fault("model-00001", "drop", after=30_000, times=1))
     with pytest.raises(HubError, match="run the same command again to resume"):
-        hub.fetch("acme/big")
+        fetch("acme/big")
     assert _snapshots(tmp_path) == []
     parts = list((tmp_path / "hf" / "awmtrace" / "models--acme--big" / "partial").rglob("*.part"))
     assert len(parts) == 1 and parts[0].stat().st_size > 30_000
     with pytest.raises(HubError, match="not in the cache"):
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        hub.fetch("acme/big")
+        fetch("acme/big")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     first_run = server.bytes_served
     server.reset_counts()
-    result = hub.fetch("acme/big")
+    result = fetch("acme/big")
     assert result.source == "fetched"
     # Only the rest was sent again (plus the headers read to plan the fetch).
     assert server.bytes_served < result.bytes_needed - 30_000 + 4096
@@ -166,25 +172,25 @@ def test_a_corrupted_transfer_is_rejected_and_never_cached(
 ) -> None:
     server.faults.append(fault)
     with pytest.raises(error, match=match) as info:
-        hub.fetch("acme/big")
+        fetch("acme/big")
     assert "\n" not in str(info.value)
     assert _snapshots(tmp_path) == []
     server.faults.clear()
-    assert hub.fetch("acme/big").source == "fetched"
+    assert fetch("acme/big").source == "fetched"
 
 
 def test_offline_mode_uses_the_cache_and_fails_clearly_otherwise(
     server: HubServer, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fetched = hub.fetch("acme/big")
+    fetched = fetch("acme/big")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     server.reset_counts()
-    offline = hub.fetch("acme/big")
+    offline = fetch("acme/big")
     assert offline.path == fetched.path and offline.source == "awmtrace-cache"
     assert compare(models["big"], "acme/big").score >= 0.99
     assert server.requests == []
     with pytest.raises(HubError, match=r"acme/bf16: not a local path, not in the cache .*HF_HUB_OFFLINE") as info:
-        hub.fetch("acme/bf16")
+        fetch("acme/bf16")
     assert "\n" not in str(info.value)
 
 
@@ -196,9 +202,9 @@ def test_a_full_snapshot_in_the_hugging_face_cache_is_used_as_is(
     shutil.copytree(models["bf16"], repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    assert hub.fetch("acme/bf16").source == "hf-cache"
+    assert fetch("acme/bf16").source == "hf-cache"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = hub.fetch("acme/bf16")
+    result = fetch("acme/bf16")
     assert result.source == "hf-cache" and result.path == repo / "snapshots" / commit
     assert server.bytes_served == 0
 
@@ -206,12 +212,12 @@ def test_a_full_snapshot_in_the_hugging_face_cache_is_used_as_is(
 def test_a_server_that_cannot_be_reached_falls_back_to_the_cache(server: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub.utils import close_session
 
-    fetched = hub.fetch("acme/big")
+    fetched = fetch("acme/big")
     server.stop()
     close_session()  # a kept-alive connection would still reach the stopped server's handler thread
-    assert hub.fetch("acme/big").path == fetched.path
+    assert fetch("acme/big").path == fetched.path
     with pytest.raises(HubError, match="cannot reach") as info:
-        hub.fetch("acme/bf16")
+        fetch("acme/bf16")
     assert "\n" not in str(info.value)
 
 
@@ -231,7 +237,7 @@ def test_hub_errors_are_one_line(server: HubServer, monkeypatch: pytest.MonkeyPa
     if token:
         monkeypatch.setenv("HF_TOKEN", token)
     with pytest.raises(HubError, match=match) as info:
-        hub.fetch(spec)
+        fetch(spec)
     assert "\n" not in str(info.value)
     res = CliRunner().invoke(main, ["fetch", spec])
     assert res.exit_code == 3
@@ -241,12 +247,12 @@ def test_hub_errors_are_one_line(server: HubServer, monkeypatch: pytest.MonkeyPa
 
 def test_a_gated_repo_works_with_a_granted_token(server: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_good")
-    assert hub.fetch("acme/gated").source == "fetched"
+    assert fetch("acme/gated").source == "fetched"
 
 
 def test_disk_full_leaves_no_corrupt_cache(server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = {"n": 0}
-    real_write = hub._write
+    real_write = hub.download._write
 
     def write(fh: object, chunk: bytes) -> None:
         written["n"] += len(chunk)
@@ -254,15 +260,15 @@ def test_disk_full_leaves_no_corrupt_cache(server: HubServer, tmp_path: Path, mo
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(fh, chunk)
 
-    monkeypatch.setattr(hub, "_write", write)
+    monkeypatch.setattr(hub.download, "_write", write)
     with pytest.raises(HubError, match="disk full") as info:
-        hub.fetch("acme/big")
+        fetch("acme/big")
     assert "\n" not in str(info.value)
     assert _snapshots(tmp_path) == []
     leftovers = list((tmp_path / "hf" / "awmtrace" / "models--acme--big" / "partial").rglob("*.part"))
     assert leftovers == []
-    monkeypatch.setattr(hub, "_write", real_write)
-    assert hub.fetch("acme/big").source == "fetched"
+    monkeypatch.setattr(hub.download, "_write", real_write)
+    assert fetch("acme/big").source == "fetched"
 
 
 def test_repos_without_usable_weights_say_so(server: HubServer, models: dict[str, Path]) -> None:
@@ -270,16 +276,16 @@ def test_repos_without_usable_weights_say_so(server: HubServer, models: dict[str
     server.add_repo("acme/quants", {"m-Q4_K.gguf": b"GGUF" + bytes(60), "m-Q8_0.gguf": b"GGUF" + bytes(60)})
     server.add_repo("acme/garbage", {"config.json": (models["big"] / "config.json").read_bytes(), "model.safetensors": b"\xff" * 64})
     with pytest.raises(InputNotFound, match="no safetensors or pytorch .bin weights"):
-        hub.fetch("acme/readme")
+        fetch("acme/readme")
     with pytest.raises(InputNotFound, match="only GGUF files"):
-        hub.fetch("acme/quants")
+        fetch("acme/quants")
     with pytest.raises(FormatError, match="does not fit the file"):
-        hub.fetch("acme/garbage")
+        fetch("acme/garbage")
 
 
 def test_ffn_fetch_keeps_the_ffn_inputs(server: HubServer, models: dict[str, Path]) -> None:
-    lean = hub.fetch("acme/big")
-    with_ffn = hub.fetch("acme/big", ffn=True)
+    lean = fetch("acme/big")
+    with_ffn = fetch("acme/big", ffn=True)
     assert with_ffn.path != lean.path and with_ffn.bytes_needed > 5 * lean.bytes_needed
     names = _lean_names(with_ffn.path)
     assert any("up_proj" in n for n in names) and any("gate_proj" in n for n in names)
@@ -287,7 +293,7 @@ def test_ffn_fetch_keeps_the_ffn_inputs(server: HubServer, models: dict[str, Pat
     result = compare(models["big"], with_ffn.path, weights="q,k,up,gate")
     assert result.ffn is not None and result.ffn["score_up"] >= 0.99
     # An attention-only request is content with either copy.
-    assert hub.fetch("acme/big").path == lean.path
+    assert fetch("acme/big").path == lean.path
 
 
 def test_bin_checkpoints_are_fetched_whole_and_hash_checked(server: HubServer, tmp_path: Path) -> None:
@@ -298,7 +304,7 @@ def test_bin_checkpoints_are_fetched_whole_and_hash_checked(server: HubServer, t
     (folder / "model.safetensors").unlink()
     torch.save(state, folder / "pytorch_model.bin")
     server.add_folder("acme/bin", folder)
-    result = hub.fetch("acme/bin")
+    result = fetch("acme/bin")
     assert result.fraction == pytest.approx(1.0, abs=0.01)
     assert any("fetched whole" in n for n in result.notes)
     verified = {f["name"]: f["verified"] for f in result.files}
@@ -307,25 +313,25 @@ def test_bin_checkpoints_are_fetched_whole_and_hash_checked(server: HubServer, t
 
 
 def test_dry_run_reads_headers_only(server: HubServer, tmp_path: Path) -> None:
-    result = hub.fetch("acme/big", dry_run=True)
+    result = fetch("acme/big", dry_run=True)
     assert result.path is None and result.source == "dry-run"
     assert server.bytes_served < 8192 and 0 < result.fraction < 0.05
     assert _snapshots(tmp_path) == []
 
 
 def test_a_damaged_snapshot_is_fetched_again(server: HubServer) -> None:
-    first = hub.fetch("acme/big")
+    first = fetch("acme/big")
     victim = next(first.path.glob("*.safetensors"))
     victim.write_bytes(victim.read_bytes()[:-10])
-    again = hub.fetch("acme/big")
+    again = fetch("acme/big")
     recorded = {f["name"]: f["size"] for f in json.loads((again.path / hub.MANIFEST_NAME).read_text())["files"]}
     assert again.source == "fetched" and victim.stat().st_size == recorded[victim.name]
     # Same size, altered bytes: only --verify (re-hashing) notices.
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))
-    assert hub.fetch("acme/big").source == "awmtrace-cache"
-    assert hub.fetch("acme/big", verify=True).source == "fetched"
+    assert fetch("acme/big").source == "awmtrace-cache"
+    assert fetch("acme/big", verify=True).source == "fetched"
     assert victim.read_bytes()[-1] == data[-1] ^ 0xFF
 
 
@@ -337,3 +343,72 @@ def test_awm_fetch_reports_the_fraction(server: HubServer) -> None:
     res = CliRunner().invoke(main, ["fetch", "acme/big", "acme/nope"])
     assert res.exit_code == 5  # incomplete: one id failed
     assert "cached" in res.output and "repository not found" in res.output
+
+
+def test_a_gguf_repo_is_named_by_file_or_quant_like_llama_cpp(server: HubServer, tmp_path: Path) -> None:
+    m = synth.random_llama(hidden=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab=300, seed=5)
+    q8 = synth.write_gguf(m, tmp_path / "tiny-Q8_0.gguf", "Q8_0")
+    f32 = synth.write_gguf(m, tmp_path / "tiny-F32.gguf", "F32")
+    server.add_repo("acme/tiny-GGUF", {q8.name: q8.read_bytes(), f32.name: f32.read_bytes(), "README.md": b"# quants"})
+    by_quant = fetch("acme/tiny-GGUF:Q8_0")
+    assert by_quant.source == "fetched" and by_quant.file == "tiny-Q8_0.gguf"
+    assert sorted(p.name for p in by_quant.path.iterdir()) == ["awm-fetch.json", "tiny-Q8_0.gguf"]
+    assert (by_quant.path / "tiny-Q8_0.gguf").read_bytes() == q8.read_bytes()
+    assert fetch("acme/tiny-GGUF:tiny-Q8_0.gguf").path == by_quant.path  # same file, same snapshot
+    assert fetch("acme/tiny-gguf:q8_0".replace("gguf", "GGUF")).path == by_quant.path  # tags match case-insensitively
+    by_file = fetch("acme/tiny-GGUF:tiny-F32.gguf")
+    assert by_file.path != by_quant.path and by_file.file == "tiny-F32.gguf"
+    assert compare(f32, "acme/tiny-GGUF:Q8_0", min_shared_tokens=32).score >= 0.99
+    assert hub.snapshot_identity(by_quant.path).endswith(":tiny-Q8_0.gguf")
+    with pytest.raises(InputNotFound, match=r"no file matches; the repo holds tiny-F32.gguf, tiny-Q8_0.gguf"):
+        fetch("acme/tiny-GGUF:Q4_K_M")
+    with pytest.raises(InputNotFound, match=r"only GGUF files \(2, e.g. tiny-F32.gguf\); name one as acme/tiny-GGUF:tiny-F32.gguf"):
+        fetch("acme/tiny-GGUF")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["hf://acme/big", "https://huggingface.co/acme/big", "https://huggingface.co/acme/big/tree/main", "{endpoint}/acme/big/tree/main"],
+)
+def test_hub_addresses_name_the_same_repo(server: HubServer, spec: str) -> None:
+    plain = fetch("acme/big")
+    spec = spec.format(endpoint=server.url)
+    assert hub.looks_like_repo_id(spec)
+    assert fetch(spec).path == plain.path
+    assert compare(plain.path, spec).score >= 0.99
+
+
+def test_hub_addresses_parse_to_repo_revision_and_file() -> None:
+    assert hub.parse_repo_id("https://huggingface.co/acme/big/tree/v1.0") == hub.RepoRef("acme/big", "v1.0")
+    assert hub.parse_repo_id("https://hf.co/acme/big/blob/main/m-Q8_0.gguf") == hub.RepoRef("acme/big", "main", "m-Q8_0.gguf")
+    assert hub.parse_repo_id("acme/big@v2:Q4_K_M") == hub.RepoRef("acme/big", "v2", "Q4_K_M")
+    assert hub.parse_repo_id("gpt2") == hub.RepoRef("gpt2")
+    for bad in ("https://example.com/acme/big", "acme/big:../../etc/passwd", "acme/big:not a tag"):
+        with pytest.raises(HubError, match="not a Hugging Face repo id"):
+            hub.parse_repo_id(bad)
+    assert not hub.looks_like_repo_id("model.safetensors") and not hub.looks_like_repo_id("/no/such/dir")
+    assert hub.looks_like_repo_id("gpt2") and hub.looks_like_repo_id("acme/big:Q8_0")
+
+
+def test_a_legacy_single_name_repo(server: HubServer, models: dict[str, Path], tmp_path: Path) -> None:
+    server.add_folder("gpt2", models["bf16"])
+    result = fetch("gpt2")
+    assert result.source == "fetched" and result.path.parent.parent.name == "models--gpt2"
+    assert compare(models["bf16"], "gpt2").score >= 0.99
+    assert hub.snapshot_identity(result.path) == f"hf:gpt2@{result.commit}"
+
+
+def test_a_repo_with_one_gguf_needs_no_name_and_is_cached(server: HubServer, tmp_path: Path) -> None:
+    m = synth.random_llama(hidden=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab=300, seed=6)
+    q8 = synth.write_gguf(m, tmp_path / "solo-Q8_0.gguf", "Q8_0")
+    server.add_repo("acme/solo", {q8.name: q8.read_bytes()})
+    first = fetch("acme/solo")
+    assert first.source == "fetched" and first.file == "solo-Q8_0.gguf"
+    assert fetch("acme/solo").source == "awmtrace-cache"
+
+
+def test_a_listing_that_names_paths_outside_the_repo_is_refused(server: HubServer, tmp_path: Path) -> None:
+    server.add_repo("acme/evil", {"config.json": b"{}", "../../escape.safetensors": b"x" * 16})
+    with pytest.raises(HubError, match=r"lists a file named '\.\./\.\./escape\.safetensors', which is not a plain relative path"):
+        fetch("acme/evil")
+    assert not list(tmp_path.rglob("escape*"))

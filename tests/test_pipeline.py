@@ -170,7 +170,7 @@ def test_compare_many_opens_each_model_once(formats: dict[str, Path], monkeypatc
     opened: list[str] = []
     real = pipeline.open_model
 
-    def counting(spec, progress=None, **kw):  # noqa: ANN001, ANN003, ANN202
+    def counting(spec, progress=None, **kw):
         opened.append(str(spec))
         return real(spec, progress, **kw)
 

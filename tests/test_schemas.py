@@ -19,7 +19,7 @@ from awmtrace.io import hub
 from awmtrace.report.schema import SCHEMA_VERSION, SCHEMAS, load_schema
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer  # noqa: E402
+from hubserver import HubServer
 
 
 def run_json(*args: str) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def hub_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubS
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
     try:
         yield srv
     finally:

@@ -232,7 +232,7 @@ def test_cross_size_and_caveats() -> None:
     assert any("extrapolation" in c for c in caveats)
 
 
-def invoke(*args: str):  # noqa: ANN201
+def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 

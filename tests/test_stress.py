@@ -112,7 +112,7 @@ def test_gain_folds_and_rotations_score_related(report: StressReport, name: str)
 
 
 @pytest.fixture(scope="module")
-def inputs(gained: Path):  # noqa: ANN201
+def inputs(gained: Path):
     with open_model(gained) as m:
         return check_inputs(m, load_weights(m), seed=0)
 
@@ -161,14 +161,14 @@ def _fold_keeping_gain(w: Weights, rng: np.random.Generator) -> Weights:
     "wrong",
     [_haar_per_kv_head, _rotation_without_fold, _rotation_forgetting_o, _rotation_transposed, _scale_forgetting_o, _fold_keeping_gain],
 )
-def test_the_check_fails_for_a_deliberately_wrong_transform(inputs, wrong) -> None:  # noqa: ANN001
+def test_the_check_fails_for_a_deliberately_wrong_transform(inputs, wrong) -> None:
     compare = ("v", "logits", "update") if wrong is _haar_per_kv_head else ("q", "k", "v", "logits", "update")
     result = function_check(inputs, Transform("wrong", "deliberately wrong", True, wrong, compare=compare))
     assert not result.passed
     assert result.max_rel_err > 100 * CHECK_TOLERANCE
 
 
-def test_the_check_passes_for_the_right_versions_of_the_same_transforms(inputs) -> None:  # noqa: ANN001
+def test_the_check_passes_for_the_right_versions_of_the_same_transforms(inputs) -> None:
     for name in ("qk_rotation", "haar_rotation", "scale", "gain_fold"):
         result = function_check(inputs, TRANSFORMS[name], seed=11)
         assert result.passed, (name, result.errors)
@@ -266,7 +266,7 @@ def test_memory_source_serves_arrays_like_a_checkpoint() -> None:
         src.read("b.weight")
 
 
-def test_layer_weights_are_not_modified_in_place(inputs) -> None:  # noqa: ANN001
+def test_layer_weights_are_not_modified_in_place(inputs) -> None:
     w = inputs.weights
     snapshot = [(layer.q.copy(), layer.gamma.copy()) for layer in w.layers if isinstance(layer, LayerWeights) and layer.gamma is not None]
     for t in TRANSFORMS.values():
@@ -317,7 +317,7 @@ def test_v_is_cut_from_fused_qkv_in_each_layout(layout: str) -> None:
     assert np.array_equal(_split_v(fused, layout, nh, nkv, hd), v)
 
 
-def test_behind_layer_norm_sign_flips_and_rotations_are_not_function_preserving(inputs) -> None:  # noqa: ANN001
+def test_behind_layer_norm_sign_flips_and_rotations_are_not_function_preserving(inputs) -> None:
     ln = replace(inputs, norm="layer")
     for name in ("permute_signs", "haar_rotation"):
         assert TRANSFORMS[name].rms_only

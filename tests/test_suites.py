@@ -31,7 +31,7 @@ from awmtrace.suites import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer  # noqa: E402
+from hubserver import HubServer
 
 PAPER_COUNTS = {
     "sft_pairs": 10,
@@ -101,12 +101,15 @@ def test_bad_suites_files_give_one_line_errors(tmp_path: Path) -> None:
         "nosuites.json": '{"x": 1}',
         "badpair.json": '{"suites": {"s": {"models": {"a": null}, "pairs": [["a", "b"]]}}}',
         "badlabel.json": '{"suites": {"s": {"models": {"a": null}, "pairs": [], "label": "maybe"}}}',
+        "nolabel.json": '{"suites": {"s": {"models": {"a": null, "b": null}, "pairs": [["a", "b"]]}}}',
     }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(FormatError) as info:
             load_suites(tmp_path / name)
         assert "\n" not in str(info.value) and name in str(info.value)
+        if name == "nolabel.json":  # never silently "related": the label is the truth evaluate and calibrate use
+            assert "suite 's' has no 'label'" in str(info.value) and '"related" or "independent"' in str(info.value)
     with pytest.raises(UsageError):
         get_suite("nope")
 
@@ -124,11 +127,12 @@ def tiny(tmp_path: Path, family: dict[str, Path], monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
-    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
     suites = {
         "suites": {
             "tiny": {
                 "category": "SFT",
+                "label": "related",
                 "models": {"base": None, "drift": None, "perm": "org/perm", "independent": None, "ghost": None, "hubbed": "acme/hubbed"},
                 "pairs": [["base", "drift"], ["base", "perm"], ["base", "ghost"], ["drift", "hubbed"], ["base", "independent"]],
             }
@@ -186,7 +190,7 @@ def test_run_stores_every_pair_reports_missing_models_and_skips_done_pairs(tiny:
     assert again.outcomes[0].record == records[0]
 
     # Another option that changes the score, or another tool version: computed again.
-    monkeypatch.setattr("awmtrace.__version__", "99.0")
+    monkeypatch.setattr("awmtrace._version.__version__", "99.0")
     third = run_suite("tiny", suites_file=tiny["suites"], models_dir=tiny["models"], store=tiny["store"], device="cpu")
     assert third.count("done") == 4
     with ResultsStore(tiny["store"], create=False) as store:

@@ -7,9 +7,8 @@ Public API::
     open_model(path) -> Model                # lazy: headers only
 """
 
-__version__ = "0.1.0"
-
-from awmtrace.pipeline import compare, compare_many, open_model  # noqa: E402
-from awmtrace.types import PairResult  # noqa: E402
+from awmtrace._version import __version__
+from awmtrace.pipeline import compare, compare_many, open_model
+from awmtrace.types import PairResult
 
 __all__ = ["__version__", "compare", "compare_many", "open_model", "PairResult"]

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from awmtrace._version import __version__
 from awmtrace.errors import FormatError, InputNotFound, StatsError
 from awmtrace.io.base import load_json
 from awmtrace.types import NullModel
@@ -181,8 +182,6 @@ def calibrate_null(
     times the last one counts. ``std`` is the sample standard deviation
     (``ddof=1``). Cross-size pairs are kept and listed.
     """
-    from awmtrace import __version__
-
     chosen: dict[tuple[Any, str, str], Any] = {}
     n_related = n_seen = 0
     for rec in pairs:

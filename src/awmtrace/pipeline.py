@@ -9,7 +9,6 @@ verdict. Every decision is recorded in the result.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from awmtrace import __version__
+from awmtrace._version import __version__
 from awmtrace.arch.resolve import read_attention, read_ffn, resolve
 from awmtrace.core import cka, stats
 from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
@@ -31,7 +30,7 @@ from awmtrace.errors import (
     UsageError,
     VocabularyError,
 )
-from awmtrace.io import TensorSource, open_source
+from awmtrace.io import TensorSource, hub, open_source
 from awmtrace.io.base import RawBuffer, RawLayout
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
 from awmtrace.nulls import load_null
@@ -63,8 +62,6 @@ MIN_SHARED_TOKENS = 256
 WEIGHTS = ("q", "k", "up", "gate")
 #: Rows of the shared vocabulary converted to float32 at a time.
 EMBEDDING_BLOCK_ROWS = 4096
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances; ``stage`` is a short phrase."""
@@ -100,9 +97,23 @@ class Model:
         self.close()
 
 
-def looks_like_repo_id(spec: str) -> bool:
-    """``org/name`` or ``org/name@revision`` that is not an existing local path."""
-    return bool(_REPO_ID.match(spec)) and not Path(spec).exists()
+def hub_tensors(source: TensorSource, ffn: bool) -> list[str]:
+    """The tensors a comparison reads, named from a checkpoint's headers: the Hub fetcher's selector.
+
+    Token embedding and each layer's Q and K (or fused QKV) with the norm gain
+    feeding them where the view records one; with ``ffn`` the FFN input
+    projections and their norm too.
+    """
+    view = resolve(source)
+    names = [view.embedding.name]
+    for layer in view.layers:
+        names += [layer.q.name, layer.k.name]
+        norms = [getattr(layer, "attn_norm", None)]
+        if ffn:
+            names += [r.name for r in (*layer.up, *layer.gate)]
+            norms.append(getattr(layer, "ffn_norm", None))
+        names += [n.name for n in norms if n is not None]
+    return list(dict.fromkeys(names))
 
 
 def _local_path(spec: str | Path, progress: Progress, ffn: bool = False) -> Path:
@@ -110,10 +121,8 @@ def _local_path(spec: str | Path, progress: Progress, ffn: bool = False) -> Path
     if path.exists():
         return path
     text = str(spec)
-    if looks_like_repo_id(text):
-        from awmtrace.io import hub
-
-        return hub.ensure_local(text, progress=progress, ffn=ffn)
+    if hub.looks_like_repo_id(text):
+        return hub.ensure_local(text, progress=progress, ffn=ffn, select=hub_tensors)
     raise InputNotFound(f"{text}: no such file or directory, and not a Hugging Face repo id (org/name[@revision])")
 
 
@@ -255,7 +264,7 @@ class _RawRead:
             # O_DIRECT: the disk fills the buffer without the CPU time a
             # page-cache copy would take from the BLAS threads.
             self._arrays = [buf.read(layout, direct=True) for layout, buf in self._jobs]
-        except BaseException as exc:  # handed to the caller by result()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
             self._error = exc
 
     def result(self) -> list[np.ndarray]:
@@ -502,12 +511,17 @@ def _parse_weights(weights: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def parse_weights(weights: str | Iterable[str]) -> tuple[str, ...]:
+    """The weight kinds ``weights`` names (``"q,k,up"`` or an iterable), checked: q and k always, up/gate optional."""
+    return _parse_weights(weights)
+
+
 def wants_ffn(weights: str | Iterable[str]) -> bool:
     """Whether ``weights`` (as ``--weights`` takes it) asks for FFN scores, i.e. FFN tensors must be read."""
     return bool({"up", "gate"} & set(_parse_weights(weights))) if weights else False
 
 
-def compare_models(
+def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options object replaces them
     a: Model,
     b: Model,
     *,

@@ -43,7 +43,9 @@ def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b).astype(np.float64)
 
 
-def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20):  # type: ignore[no-untyped-def]
+def _make_qkx2(
+    x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``make_qkx2_quants`` for many sub-blocks at once: ``x``, ``w``: ``(n, 32)`` float32 -> ``(scale, the_min, levels)``.
 
     ``scale``, ``the_min`` (ggml's ``-min``, >= 0): ``(n,)``; ``levels``: ``(n, 32)``.

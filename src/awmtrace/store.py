@@ -26,14 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from awmtrace._version import __version__
 from awmtrace.errors import StoreError
-from awmtrace.io.base import open_regular
+from awmtrace.io.base import check_regular, open_regular
+from awmtrace.io.identity import model_identity
 
 __all__ = [
     "ResultsStore",
     "StoredRecord",
     "record_key",
     "model_fingerprint",
+    "is_sqlite_file",
     "DEFAULT_STORE",
     "SCHEMA_VERSION",
 ]
@@ -45,7 +48,8 @@ SCHEMA_VERSION = 1
 #: SQLite ``application_id`` of a results store ("AWMR").
 APPLICATION_ID = 0x41574D52
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
 
 _SCHEMA = """
 CREATE TABLE results (
@@ -121,7 +125,7 @@ class StoredRecord:
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(
+    def create(  # noqa: PLR0913 - keyword-only: one per record field
         cls,
         *,
         name_a: str,
@@ -138,8 +142,6 @@ class StoredRecord:
         tool_version: str | None = None,
     ) -> StoredRecord:
         """A record with its key and timestamp filled in; ``result`` may be a ``PairResult`` or its dict."""
-        from awmtrace import __version__
-
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
         version = tool_version or __version__
         opts = dict(options or {})
@@ -260,12 +262,11 @@ class ResultsStore:
 
     def _check_magic(self) -> None:
         try:
-            # open_regular: a FIFO passed as --store is refused instead of blocking the open.
-            with open_regular(self.path, "results store (SQLite file)") as fh:
-                head = fh.read(len(_SQLITE_MAGIC))
+            check_regular(self.path, "results store (SQLite file)")  # a FIFO is refused, not blocked on
+            foreign = self.path.stat().st_size > 0 and not is_sqlite_file(self.path)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
-        if head and head != _SQLITE_MAGIC:
+        if foreign:
             raise StoreError(f"{self.path}: not a results store (not an SQLite file); pass another --store path")
 
     def _init(self, create: bool) -> None:
@@ -411,32 +412,15 @@ def _row_problem(d: dict[str, Any]) -> str | None:
     return None
 
 
-def model_fingerprint(path: str | Path) -> str:
-    """What identifies a model's inputs, cheaply: ``hf:org/name@commit`` for Hub copies, else file stats.
+def is_sqlite_file(path: str | Path) -> bool:
+    """Whether ``path`` starts with SQLite's file header (raises ``OSError`` when it cannot be read).
 
-    For a local directory: the names, sizes and modification times of its
-    files; for a single file: that file plus ``config.json`` and tokenizer
-    files beside it. A rewritten checkpoint gets a new fingerprint; a Hub
-    model keeps its identity wherever and whenever it was fetched.
+    Opened through :func:`open_regular`: a FIFO given as a store is refused, not blocked on.
     """
-    from awmtrace.io.hub import snapshot_identity
-    from awmtrace.io.vocab import TOKENIZER_FILES
+    with open_regular(Path(path), "results store (SQLite file)") as fh:
+        return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
-    p = Path(path)
-    ident = snapshot_identity(p if p.is_dir() else p.parent) if p.exists() else None
-    if ident is not None:
-        return ident
-    if p.is_dir():
-        files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
-    else:
-        files = [p]
-        for pattern in ("config.json", *TOKENIZER_FILES):
-            files.extend(f for f in p.parent.glob(pattern) if f.is_file() and f != p)
-    h = hashlib.sha256()
-    for f in sorted(set(files)):
-        try:
-            st = f.stat()
-        except OSError:
-            continue
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return "local:" + h.hexdigest()[:32]
+
+def model_fingerprint(path: str | Path) -> str:
+    """What identifies a model's inputs: :func:`awmtrace.io.identity.model_identity` (Hub commit, else file stats)."""
+    return model_identity(path)

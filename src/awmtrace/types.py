@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+#: Version of the JSON result schema (``schema_version`` in every result). Bump it when a field changes meaning
+#: or disappears; adding fields does not.
+SCHEMA_VERSION = 1
+
 
 @dataclass(frozen=True)
 class TensorRef:
@@ -288,8 +292,6 @@ class PairResult:
     tool_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        from awmtrace.report.schema import SCHEMA_VERSION
-
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "awmtrace", "version": self.tool_version},

@@ -348,7 +348,7 @@ def _spellings(name: str, rewrites: list[tuple[str, str]]) -> list[tuple[str, st
     return out
 
 
-def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant | None) -> _Found:
+def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant | None) -> _Found:  # noqa: C901, PLR0915 - one pass over the names; to be split
     names = source.names()
     found = _Found()
     where = str(source.path)
@@ -546,7 +546,7 @@ def _fail(exc: AwmError, found: _Found) -> AwmError:
     return exc
 
 
-def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:
+def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:  # noqa: C901, PLR0915 - one pass over the config; to be split
     where = str(source.path)
     variant = fam.variant(config) if source.format != "gguf" else None
     found = _classify(source, fam, table, variant)

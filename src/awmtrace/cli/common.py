@@ -204,7 +204,8 @@ def friendly_errors(fn: F) -> F:
         except MemoryError:
             where = _input_label()
             err_console.print(
-                f"[bold red]error:[/] out of memory{' on ' + escape(where) if where else ''}; the model is too large for this machine's RAM",
+                f"[bold red]error:[/] out of memory{' on ' + escape(where) if where else ''}; "
+                "the model is too large for this machine's RAM",
                 soft_wrap=True,
             )
             sys.exit(EXIT_INPUT)
@@ -402,7 +403,8 @@ def fail_on_option(what: str = "the verdict") -> Any:
         "--fail-on",
         type=click.Choice(sorted(FAIL_ON)),
         default=None,
-        help=f"Exit with 1 when {what} is related (--fail-on related) or not independent (--fail-on inconclusive), for scripts that gate on it.",
+        help=f"Exit with 1 when {what} is related (--fail-on related) or not independent (--fail-on inconclusive), "
+        "for scripts that gate on it.",
     )
 
 

@@ -54,7 +54,8 @@ def verdict_line(result: dict[str, Any]) -> str:
     floor = f" (resolution {fmt_p(resolution)})" if resolution else ""
     emp_txt = f", empirical p {fmt_p(emp)}{floor}" if emp is not None else ""
     return (
-        f"[{style}]{escape(label.upper())}[/]: B {escape(model_name(result.get('b') or {}))} vs A {escape(model_name(result.get('a') or {}))}: "
+        f"[{style}]{escape(label.upper())}[/]: "
+        f"B {escape(model_name(result.get('b') or {}))} vs A {escape(model_name(result.get('a') or {}))}: "
         f"score {fmt_num(result.get('score'))}, z = {fmt_num(result.get('z'), 1)}, p = {fmt_p(result.get('p_value'))}{emp_txt} "
         f"(null: {escape(fmt_value(null.get('name')))}; {escape(fmt_value(v.get('rule')))})"
     )
@@ -196,7 +197,7 @@ _EXAMPLES = (
 @fail_on_option()
 @quiet_option
 @friendly_errors
-def compare(
+def compare(  # noqa: PLR0913 - one parameter per click option
     model_a: str,
     model_b: str,
     as_json: bool,

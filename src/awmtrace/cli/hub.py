@@ -49,23 +49,29 @@ _SOURCE = {
 @quiet_option
 @friendly_errors
 def fetch(repo_ids: tuple[str, ...], ffn: bool, verify: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
-    """Fetch what AWM needs from Hugging Face repos ID (org/name[@revision]).
+    """Fetch what AWM needs from Hugging Face repos ID.
+
+    ID is org/name, org/name@REVISION, a legacy single name (gpt2), a Hub
+    address (https://huggingface.co/org/name[/tree/REVISION]) or
+    hf://org/name; org/name:FILE.gguf or org/name:QUANT (Q4_K_M) picks one
+    GGUF file of a repo.
 
     Only config.json, the tokenizer and, from safetensors shards, the byte
     ranges of the token embedding and attention Q/K are downloaded; pickle
-    .bin checkpoints are fetched whole. Copies are cached (AWMTRACE_CACHE,
+    .bin checkpoints and GGUF files are fetched whole. Copies are cached (AWMTRACE_CACHE,
     default $HF_HOME/awmtrace), interrupted fetches resume, and HF_TOKEN,
     HF_ENDPOINT and HF_HUB_OFFLINE are honoured. With several ids, the
     ones that fail are reported and the exit code is 5 (incomplete).
     """
     from awmtrace.io import hub
+    from awmtrace.pipeline import hub_tensors
 
     results: list[Any] = []
     errors: list[tuple[str, str]] = []
     with progress_reporter(quiet or as_json) as progress:
         for spec in repo_ids:
             try:
-                results.append(hub.fetch(spec, ffn=ffn, progress=progress, verify=verify, dry_run=dry_run))
+                results.append(hub.fetch(spec, select=hub_tensors, ffn=ffn, progress=progress, verify=verify, dry_run=dry_run))
             except AwmError as exc:
                 if len(repo_ids) == 1:
                     raise
@@ -80,7 +86,9 @@ def fetch(repo_ids: tuple[str, ...], ffn: bool, verify: bool, dry_run: bool, as_
         sizes = ("fetched now", "needed", "of checkpoint")
         rows = [
             [
-                escape(r.repo_id + (f"@{r.revision}" if r.revision else "")) + "\n" + escape(str(r.path) if r.path else "(not kept)"),
+                escape(r.repo_id + (f"@{r.revision}" if r.revision else "") + (f":{r.file}" if r.file else ""))
+                + "\n"
+                + escape(str(r.path) if r.path else "(not kept)"),
                 r.commit[:12],
                 _SOURCE.get(r.source, r.source),
                 fmt_bytes(r.bytes_fetched),

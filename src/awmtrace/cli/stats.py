@@ -138,7 +138,8 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """How well stored scores separate related from independent pairs: AUC, pAUC, TPR@FPR, threshold, |z| table."""
-    from awmtrace.evaluate import evaluate_path, write_evaluation
+    from awmtrace.evaluate import evaluate_path
+    from awmtrace.report.evaluation import write_evaluation
 
     out_dir = check_output(out_dir, "--out", directory=True)
     record_file_input(source, "results")

@@ -77,7 +77,8 @@ def print_report(data: dict[str, Any]) -> None:
     check = data["check"]
     console.print(
         f"[dim]check: layer 0, {len(check['token_ids'])} tokens, {check['norm']} norm, RoPE {check['rope_layout']}; "
-        f"passes at relative error <= {check['tolerance']:g}; preserving: the transform keeps the network's function; s: seconds. z against null {escape(str(data['null']['name']))}. "
+        f"passes at relative error <= {check['tolerance']:g}; preserving: the transform keeps the network's function; s: seconds. "
+        f"z against null {escape(str(data['null']['name']))}. "
         f"{data['elapsed_s']:.1f} s in all.[/]"
     )
     for note in [*data.get("notes", []), *check.get("notes", [])]:

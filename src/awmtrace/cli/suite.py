@@ -156,7 +156,7 @@ def _repo_text(repo: str | None) -> str:
 @json_option
 @quiet_option
 @friendly_errors
-def run(
+def run(  # noqa: PLR0913 - one parameter per click option
     name: str,
     models_dir: Path | None,
     store_path: Path,

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: Stored element types that :func:`read_raw_into` copies byte for byte.
-RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+RAW_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 
 #: The one table of stored weight types (safetensors and PyTorch spellings) -> canonical name.
 #: Only floating types whose values are the weights themselves are read; the others are refused
@@ -97,7 +97,7 @@ def read_raw_into(layout: RawLayout, out: np.ndarray) -> np.ndarray:
     count in RSS, and no fresh allocation per read (first touches of fresh
     pages are the dominant cost of copying a layer on small VMs).
     """
-    view = memoryview(out).cast("B")
+    view = memoryview(out).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
     if view.nbytes != layout.nbytes:
         raise ValueError(f"buffer holds {view.nbytes} bytes, the tensor {layout.nbytes}")
     try:
@@ -167,7 +167,7 @@ class RawBuffer:
                 return False
             raise os_error(layout.path, exc) from None
         try:
-            view = memoryview(span)
+            view = memoryview(span)  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
             done = 0
             while done < need:
                 got = os.preadv(fd, [view[done:]], start + done)

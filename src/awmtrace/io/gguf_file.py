@@ -197,7 +197,8 @@ def _check_mapped(buf: Any, size: int, path: Path) -> None:
         end = data_start + offset + nbytes
         if end > size:
             raise FormatError(
-                f"{path}: GGUF tensor {name!r} ends at byte {end} but the file has {size}; the file is truncated or its tensor table is corrupt"
+                f"{path}: GGUF tensor {name!r} ends at byte {end} but the file has {size}; "
+                "the file is truncated or its tensor table is corrupt"
             )
 
 
@@ -242,7 +243,7 @@ class GGUFSource(TensorSource):
     def names(self) -> list[str]:
         return list(self._tensors)
 
-    def _get(self, name: str):  # noqa: ANN202
+    def _get(self, name: str):
         try:
             return self._tensors[name]
         except KeyError:
@@ -269,7 +270,7 @@ class GGUFSource(TensorSource):
                 f"{self.path}: tensor {name!r} is stored as {qtype.name}, a type awmtrace cannot dequantize "
                 "(the gguf package does not implement it); convert the model with a float or common quant type (F16, Q8_0, Q4_K...)"
             ) from None
-        except Exception:  # noqa: BLE001, S110 - the probe only asks whether the type is implemented
+        except Exception:  # noqa: BLE001 - the probe only asks whether the type is implemented
             pass
 
         def convert(block: np.ndarray) -> np.ndarray:

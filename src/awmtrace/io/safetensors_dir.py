@@ -40,7 +40,7 @@ __all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path"]
 INDEX_NAME = "model.safetensors.index.json"
 
 
-def _open(path: Path):  # noqa: ANN202 - safe_open's handle type is private
+def _open(path: Path):  # returns safe_open's handle, whose type is private
     # Open it ourselves first: refuses FIFOs without blocking and says "permission denied" with the path.
     open_regular(path, "safetensors file").close()
     try:

@@ -42,7 +42,7 @@ __all__ = ["TorchBinSource", "BIN_INDEX_NAME", "import_torch"]
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 
 
-def import_torch(purpose: str):  # noqa: ANN201 - returns the torch module
+def import_torch(purpose: str):  # returns the torch module
     """Import torch or explain how to get it."""
     try:
         import torch
@@ -145,7 +145,7 @@ class TorchBinSource(TensorSource):
             self._loaded[file] = {k: v for k, v in state.items() if isinstance(v, self._torch.Tensor)}
         return self._loaded[file]
 
-    def _tensor(self, name: str):  # noqa: ANN202
+    def _tensor(self, name: str):
         if name not in self._file:
             raise MissingTensor(f"{self.path}: no tensor named {name!r}")
         file = self._file[name]
@@ -170,7 +170,7 @@ class TorchBinSource(TensorSource):
     def file_of(self, name: str) -> str:
         return str(self._file.get(name, self.path))
 
-    def _checked(self, name: str):  # noqa: ANN202 - a torch.Tensor
+    def _checked(self, name: str):
         t = self._tensor(name)
         check_weight_dtype(str(t.dtype), f"{self.file_of(name)}: tensor {name!r}")
         return t

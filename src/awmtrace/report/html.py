@@ -170,7 +170,8 @@ def pair_report_html(result: dict[str, Any]) -> str:
             (
                 "null",
                 escape(
-                    f"{fmt_value(null.get('name'))}: mean {fmt_value(null.get('mean'))}, std {fmt_value(null.get('std'))}, n = {fmt_value(null.get('n'))}"
+                    f"{fmt_value(null.get('name'))}: mean {fmt_value(null.get('mean'))}, std {fmt_value(null.get('std'))}, "
+                    f"n = {fmt_value(null.get('n'))}"
                 ),
             ),
         ]

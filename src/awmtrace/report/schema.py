@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SCHEMA_VERSION = 1
+from awmtrace.types import SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION", "finite_json"]
 
 
 def finite_json(obj: Any) -> Any:
