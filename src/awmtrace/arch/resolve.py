@@ -11,6 +11,11 @@ Names are resolved in this order, and every decision is recorded in the
    fused gate/up projections) come first, then ``gguf.TensorNameMap`` for the
    family's GGUF architecture.
 
+Norm weights (gamma) are found the same way; the family says which
+canonical norm roles feed attention and the FFN (``attn_norm``/``ffn_norm``,
+first one present wins), whether a post-LN block reads the previous block's
+output norm, and how the weight is stored (``norm_offset``: Gemma's ``1 + w``).
+
 The family is the one the checkpoint declares (config ``architectures`` /
 ``model_type``, nested text configs first, or GGUF ``general.architecture``);
 when several families share a declaration (ChatGLM-6B and ChatGLM2/3) each is
@@ -36,7 +41,7 @@ from gguf import MODEL_ARCH
 
 from awmtrace.arch.names import canonical_role, gguf_arch, gguf_role
 from awmtrace.arch.qkv import LAYOUTS, infer_head_dim, split_qkv
-from awmtrace.errors import AwmError, MissingTensor, UnsupportedArchitecture
+from awmtrace.errors import AwmError, FormatError, MissingTensor, NumericalError, UnsupportedArchitecture
 from awmtrace.io.base import TensorSource
 from awmtrace.types import LayerRefs, ModelView, TensorRef
 
@@ -50,10 +55,15 @@ __all__ = [
     "load_table",
     "read_attention",
     "read_ffn",
+    "read_norm",
     "resolve",
 ]
 
-PATTERN_ROLES = ("token_embd", "attn_q", "attn_k", "attn_qkv", "ffn_up", "ffn_gate", "ffn_gate_up")
+#: Canonical (GGUF) roles of the norm weights a family may name as feeding attention or the FFN.
+NORM_ROLES = ("attn_norm", "attn_norm_2", "ffn_norm", "token_embd_norm", "attn_output_norm", "layer_output_norm")
+NORM_KINDS = ("rms", "layer", "none")
+NORM_PLACEMENTS = ("pre", "post")
+PATTERN_ROLES = ("token_embd", "attn_q", "attn_k", "attn_qkv", "ffn_up", "ffn_gate", "ffn_gate_up", *NORM_ROLES)
 GATE_UP_ORDERS = ("gate_up", "up_gate")
 
 # gguf roles of FFN input projections: role -> (weight, expert). GGUF stacks routed experts in one
@@ -120,6 +130,11 @@ class Family:
     source: str
     examples: tuple[Example, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
+    norm_kind: str = "none"  # "rms" | "layer" | "none"
+    norm_offset: float = 0.0  # Hugging Face storage: effective gain = offset + stored weight
+    attn_norm: tuple[str, ...] = ()  # canonical roles feeding attention, first present wins
+    ffn_norm: tuple[str, ...] = ()  # ... and the FFN
+    norm_placement: str = "pre"  # "post": block i's attention reads block i-1's attn_norm role (block 0: token_embd_norm)
 
     @property
     def example_config(self) -> dict[str, Any]:
@@ -185,11 +200,32 @@ def _parse_variant(name: str, v: dict[str, Any]) -> Variant:
     )
 
 
+def _parse_norms(name: str, entry: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The norm fields of a family (``norm`` is required: every family states what feeds its attention)."""
+    kind = entry.get("norm")
+    if kind not in NORM_KINDS:
+        raise _bad_table(name, f"norm = {kind!r}; expected one of {NORM_KINDS}")
+    placement = entry.get("norm_placement", "pre")
+    if placement not in NORM_PLACEMENTS:
+        raise _bad_table(name, f"norm_placement = {placement!r}; expected one of {NORM_PLACEMENTS}")
+    offset = entry.get("norm_offset", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, int | float):
+        raise _bad_table(name, f"norm_offset must be a number, got {offset!r}")
+    roles: dict[str, tuple[str, ...]] = {}
+    for key in ("attn_norm", "ffn_norm"):
+        value = entry.get(key, defaults.get(key, [])) if kind != "none" else entry.get(key, [])
+        if not isinstance(value, list) or any(r not in NORM_ROLES for r in value):
+            raise _bad_table(name, f"{key} must be a list of roles from {NORM_ROLES}, got {value!r}")
+        roles[key] = tuple(value)
+    return {"norm_kind": kind, "norm_offset": float(offset), "norm_placement": placement, **roles}
+
+
 @lru_cache(maxsize=1)
 def load_table() -> Table:
     """Parse ``architectures.toml`` (cached); a malformed entry is a ``ValueError`` naming it."""
     text = (resources.files("awmtrace.arch") / "architectures.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
+    defaults = data.get("defaults", {})
     families: dict[str, Family] = {}
     for name, entry in data.get("families", {}).items():
         for key in ("qkv_layout", "gguf_qkv_layout"):
@@ -213,8 +249,9 @@ def load_table() -> Table:
                 for e in entry.get("examples", [])
             ),
             raw=entry,
+            **_parse_norms(name, entry, defaults),
         )
-    return Table(defaults=data.get("defaults", {}), families=families)
+    return Table(defaults=defaults, families=families)
 
 
 def config_value(config: dict[str, Any], keys: list[str] | tuple[str, ...]) -> Any:
@@ -298,9 +335,11 @@ class _Found:
     k: dict[int, TensorRef] = field(default_factory=dict)
     qkv: dict[int, _Fused] = field(default_factory=dict)
     ffn: dict[int, dict[str, list[TensorRef]]] = field(default_factory=dict)
+    norms: dict[int | None, dict[str, TensorRef]] = field(default_factory=dict)  # block (None: global) -> role -> ref
     by_block: dict[int, list[str]] = field(default_factory=dict)
     claims: dict[tuple[Any, ...], str] = field(default_factory=dict)
     ffn_ambiguous: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
+    norm_ambiguous: dict[tuple[str, int | None], tuple[str, str]] = field(default_factory=dict)
     ignored: int = 0
     recognised: int = 0
     problems: list[AwmError] = field(default_factory=list)
@@ -314,6 +353,9 @@ class _Found:
         other = self.claims.setdefault(key, name)
         if other != name and key[0] == "ffn":
             self.ffn_ambiguous.setdefault((key[2], key[1]), (other, name))
+            return False
+        if other != name and key[0] == "norm":
+            self.norm_ambiguous.setdefault((key[1], key[2]), (other, name))
             return False
         if other != name:
             self.problems.append(
@@ -420,6 +462,10 @@ def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant 
                 )
             elif found.claim(("attn_qkv", bid), name, where):
                 found.qkv[bid] = _Fused(name, layout, transposed, how)
+        elif role in NORM_ROLES and (bid is None) == (role == "token_embd_norm"):
+            # Norm weights do not count as recognised: they never decide which family fits.
+            if found.claim(("norm", role, bid), name, where):
+                found.norms.setdefault(bid, {})[role] = TensorRef(name=name, role=f"blk.{bid}.{role}" if bid is not None else role, how=how)
         elif bid is not None and (role == "ffn_gate_up" or role in ("ffn_up", "ffn_gate") or role in _GGUF_FFN_ROLES):
             found.recognised += 1
             if role in _GGUF_FFN_ROLES and kind == "gguf":
@@ -666,6 +712,8 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
             nkv = shape_kv
     if hd is None and nh:
         hd = hidden // nh
+    layers, norm_notes = _attach_norms(fam, found, layers)
+    notes.extend(norm_notes)
     all_notes: list[str] = []
     if variant is not None and variant.why and any(layer.q.part is not None for layer in layers):
         all_notes.append(f"{fam.name}: {variant.why}")
@@ -689,7 +737,74 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
         layers=tuple(layers),
         notes=tuple(all_notes),
         family_reason=f"the {why}" if why else "",
+        norm_kind=fam.norm_kind,
+        # llama.cpp's converters add Gemma's 1 to the stored norm weights, so GGUF files need no offset.
+        norm_offset=fam.norm_offset if source.format != "gguf" else 0.0,
     )
+
+
+def _first_norm(found: _Found, bid: int | None, roles: tuple[str, ...]) -> TensorRef | None:
+    held = found.norms.get(bid, {})
+    return next((held[r] for r in roles if r in held), None)
+
+
+def _attach_norms(fam: Family, found: _Found, layers: list[LayerRefs]) -> tuple[list[LayerRefs], list[str]]:
+    """Set each layer's ``attn_norm``/``ffn_norm`` from the family's roles; notes for ambiguous or missing ones.
+
+    Pre-LN: the block's own roles. Post-LN (BERT): attention reads the
+    previous block's output norm, block 0 the embedding norm. A parallel
+    block lists ``attn_norm`` among its FFN roles, so both share one tensor.
+    """
+    notes = []
+    for (role, bid), (one, other) in sorted(found.norm_ambiguous.items(), key=str):
+        found.norms.get(bid, {}).pop(role, None)
+        notes.append(f"{one} and {other} both look like {role} of layer {bid}; that norm is not folded")
+    if fam.norm_kind == "none":
+        return layers, notes
+    out = []
+    for layer in layers:
+        bid = layer.index
+        if fam.norm_placement == "post":
+            attn = _first_norm(found, None, ("token_embd_norm",)) if bid == 0 else _first_norm(found, bid - 1, fam.attn_norm)
+        else:
+            attn = _first_norm(found, bid, fam.attn_norm)
+        out.append(replace(layer, attn_norm=attn, ffn_norm=_first_norm(found, bid, fam.ffn_norm)))
+    missing = [layer.index for layer in out if layer.attn_norm is None]
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        notes.append(
+            f"family {fam.name!r} has {fam.norm_kind} norm gains, but no attention norm tensor was found for "
+            f"{len(missing)} layer(s) ({shown}); their Q/K are scored without folding a gain"
+        )
+    return out, notes
+
+
+def read_norm(source: TensorSource, view: ModelView, ref: TensorRef) -> np.ndarray:
+    """The effective gain of a norm: float32 ``(hidden,)``, ``view.norm_offset`` added.
+
+    Raises :class:`FormatError` for a shape other than ``(hidden,)`` and
+    :class:`NumericalError` for NaN/Inf or an all-zero gain (which would
+    zero the whole input of the layer). Single zero entries are accepted:
+    they switch that hidden dimension off for this layer's input, and the
+    folded ``W @ diag(gamma)`` says exactly that.
+    """
+    where = f"{source.path}: norm tensor {ref.name!r}"
+    shape = tuple(source.shape(ref.name))
+    if shape != (view.hidden_size,):
+        raise FormatError(
+            f"{where} has shape {shape}, expected ({view.hidden_size},) (one gain per hidden dimension); "
+            "the checkpoint is damaged or the tensor is not a norm weight. Pass fold_norms=False (--no-fold-norms) to score without it"
+        )
+    gain = np.asarray(source.read(ref.name), dtype=np.float32).reshape(-1)
+    if view.norm_offset:
+        gain = gain + np.float32(view.norm_offset)
+    bad = int(np.count_nonzero(~np.isfinite(gain)))
+    if bad:
+        raise NumericalError(f"{where}: {bad} NaN/Inf gain value(s); the checkpoint is damaged")
+    if not gain.any():
+        stored = f" (stored as -{view.norm_offset:g}: the gain is {view.norm_offset:g} + weight)" if view.norm_offset else ""
+        raise NumericalError(f"{where}: every gain is 0{stored}, so the layer's input would be zero; the checkpoint is damaged")
+    return gain
 
 
 def _matrix(source: TensorSource, view: ModelView, ref: TensorRef, cache: dict[str, np.ndarray]) -> np.ndarray:
