@@ -355,7 +355,7 @@ def write_hf(
         rng = np.random.default_rng(m.n_layers)
         for i in range(m.n_layers):
             for proj, w in (("q", m.q[i]), ("k", m.k[i]), ("v", m.v[i])):
-                held[f"model.layers.{i}.self_attn.{proj}_proj.bias"] = rng.standard_normal(w.shape[0]).astype(np.float32)
+                held[f"model.layers.{i}.self_attn.{proj}_proj.bias"] = rng.standard_normal((w.shape[0],), dtype=np.float32)
     tensors = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in held.items()}
     for k, v in (extra_tensors or {}).items():
         tensors[k] = np.ascontiguousarray(v)

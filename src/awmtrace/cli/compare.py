@@ -267,6 +267,7 @@ def inspect(path: str, as_json: bool, all_tensors: bool) -> None:
         ("n_kv_heads", data["n_kv_heads"]),
         ("head_dim", data["head_dim"]),
         ("vocab_size", f"{data['vocab_size']} embedding rows"),
+        ("norm", f"{data['norm_kind']}" + (f" (gain = {data['norm_offset']:g} + stored weight)" if data["norm_offset"] else "")),
         ("tokenizer", data["tokenizer_source"] or (data["tokenizer_error"] or "none found (use --align ids)")),
         ("tokens", data["n_tokens"] if data["n_tokens"] is not None else "-"),
         ("tensors in file", data["n_tensors_in_checkpoint"]),
@@ -298,6 +299,14 @@ def inspect(path: str, as_json: bool, all_tensors: bool) -> None:
                     escape(refs[0]["how"]),
                     "",
                 )
+        for key in ("attn_norm", "ffn_norm") if data["norm_kind"] != "none" else ():
+            # Which gain is folded into this layer's Q/K (attn_norm) or FFN inputs (ffn_norm).
+            role = f"blk.{layer['index']}.{key}"
+            ref = layer.get(key)
+            if ref is None:
+                tt.add_row(role, "none found (scored unfolded)", "", "")
+            else:
+                tt.add_row(role, escape(ref["name"]), escape(ref["how"]), "" if ref["role"] == role else f"is {ref['role']}")
     console.print(tt)
     if len(shown) < len(layers):
         console.print(f"[dim]... layers 1-{len(layers) - 2} resolved the same way (--all-tensors lists them)[/]")
