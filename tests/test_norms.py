@@ -268,6 +268,7 @@ def test_bad_norms_are_one_clear_error(base: synth.SynthModel, tmp_path: Path, v
     assert r.exit_code == 2
     assert "model.layers.1.input_layernorm.weight" in r.output and "Traceback" not in r.output
     assert sorted(p.name for p in bad.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert CliRunner().invoke(main, ["compare", str(good), str(bad), "-q", "--no-fold-norms"]).exit_code == 0
 
 
 def test_gemma_weight_of_minus_one_is_a_zero_gain(base: synth.SynthModel, tmp_path: Path) -> None:

@@ -179,6 +179,12 @@ def print_result(result: dict[str, Any], per_layer: bool) -> None:
 @click.option("--z-inconclusive", type=float, default=Z_INCONCLUSIVE, show_default=True, help="z below which the verdict is 'independent'.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a per-layer figure (PNG).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a self-contained HTML report.")
+@click.option(
+    "--fold-norms/--no-fold-norms",
+    default=True,
+    show_default=True,
+    help="Score Q/K (and FFN inputs) as W @ diag(gamma) with the gain of the norm feeding them.",
+)
 @quiet_option
 @friendly_errors
 def compare(
@@ -195,6 +201,7 @@ def compare(
     z_inconclusive: float,
     plot: Path | None,
     report: Path | None,
+    fold_norms: bool,
     quiet: bool,
 ) -> None:
     """Score how likely B derives from A (each a directory, .safetensors, .gguf, .bin, or Hub id org/name[@rev])."""
@@ -212,6 +219,7 @@ def compare(
                 z_related=z_related,
                 z_inconclusive=z_inconclusive,
                 progress=progress,
+                fold_norms=fold_norms,
             )
     data = result.to_dict()
     _write_figures(data, plot, report)
