@@ -69,6 +69,8 @@ MIN_SHARED_TOKENS = 256
 WEIGHTS = ("q", "k", "up", "gate")
 #: Rows of the shared vocabulary converted to float32 at a time.
 EMBEDDING_BLOCK_ROWS = 4096
+#: float32 elements of a layer matrix converted (and gain-folded) at a time: 1 MiB, cache-sized.
+_BLOCK_ELEMENTS = 1 << 18
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
@@ -438,22 +440,29 @@ class _Sides:
             w = np.take(w, self.al.index, axis=1, out=self._buffer(("gather", w.dtype, shape), shape, w.dtype))
         x = self._buffer(("x", side, role), w.shape, np.float32)
         flip = not is_base and self._flip and scale is None
-        if dtype == "BF16":
-            # bf16 is the top half of a float32: widen, flipping the sign bit
-            # of the columns to negate in the same pass, then shift up.
-            bits = x.view(np.uint32)
-            if flip:
-                np.bitwise_xor(w, self._sign_bits[None, :], out=bits)
+        # Row blocks of ~1 MiB: widening, the gain and the finiteness check each
+        # pass over a block while it is still in cache, not over the whole matrix.
+        step = max(1, _BLOCK_ELEMENTS // max(1, w.shape[1]))
+        finite = True
+        for start in range(0, w.shape[0], step):
+            wb, xb = w[start : start + step], x[start : start + step]
+            if dtype == "BF16":
+                # bf16 is the top half of a float32: widen, flipping the sign bit
+                # of the columns to negate in the same pass, then shift up.
+                bits = xb.view(np.uint32)
+                if flip:
+                    np.bitwise_xor(wb, self._sign_bits[None, :], out=bits)
+                else:
+                    np.copyto(bits, wb)
+                np.left_shift(bits, 16, out=bits)
             else:
-                np.copyto(bits, w)
-            np.left_shift(bits, 16, out=bits)
-        else:
-            np.copyto(x, w)
-            if flip:
-                np.multiply(x, self.al.signs[None, :], out=x)
-        if scale is not None:
-            np.multiply(x, scale[None, :], out=x)
-        if not np.isfinite(x).all():
+                np.copyto(xb, wb)
+                if flip:
+                    np.multiply(xb, self.al.signs[None, :], out=xb)
+            if scale is not None:
+                np.multiply(xb, scale[None, :], out=xb)
+            finite = finite and bool(np.isfinite(xb).all())
+        if not finite:
             bad = int(np.count_nonzero(~np.isfinite(x)))
             raise NumericalError(f"{where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
         return x.T
