@@ -928,3 +928,73 @@ def test_arch_specific_mappings_do_not_leak_into_other_maps() -> None:
         assert canonical_role("model.layers.0.post_attention_layernorm.weight", MODEL_ARCH.LLAMA, 2) == ("ffn_norm", 0)
     finally:
         arch_names._name_map.cache_clear()
+
+
+def _table_text() -> str:
+    from importlib import resources
+
+    return (resources.files("awmtrace.arch") / "architectures.toml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\nqkv_layuot = "contiguous"\n',
+            r"\[families\.llama\]: unknown key\(s\) qkv_layuot",
+        ),
+        (
+            'model_types = ["llama", "llava_llama"]',
+            'model_types = "llama"',
+            r"\[families\.llama\]: model_types = 'llama' has the wrong type",
+        ),
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\nnorm = "rms"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\n',
+            r"\[families\.llama\]: missing required key\(s\) norm",
+        ),
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\nnorm = "rms"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\nnorm = "rsm"\n',
+            r"norm = 'rsm'; expected one of rms",
+        ),
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\nffn_norm = ["ffn_nrom"]\n',
+            r"ffn_norm = 'ffn_nrom'",
+        ),
+        ('gguf_arch = "LLAMA"\n', 'gguf_arch = "LAMA"\n', r"gguf_arch = 'LAMA' is not a gguf MODEL_ARCH"),
+        (
+            'role = "attn_qkv", layout = "kv_group" }',
+            'role = "attn_qkv", layout = "kv_group", transposed = "yes" }',
+            r"transposed = 'yes' has the wrong type",
+        ),
+        ("n_heads_keys = [", "n_head_keys = [", r"\[defaults\]: unknown key\(s\) n_head_keys"),
+        ('id = "llama"\n', 'id = "llama"\nname = "x"\n', r"example 'llama': unknown key\(s\) name"),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "missing-norm",
+        "bad-norm-kind",
+        "bad-norm-role",
+        "bad-gguf-arch",
+        "pattern-type",
+        "defaults",
+        "example",
+    ],
+)
+def test_the_table_loader_is_strict(old: str, new: str, message: str) -> None:
+    from awmtrace.arch.table import parse_table
+
+    text = _table_text()
+    assert old in text
+    with pytest.raises(ValueError, match=message):
+        parse_table(text.replace(old, new, 1))
+
+
+def test_the_packaged_table_parses() -> None:
+    from awmtrace.arch.table import parse_table
+
+    assert parse_table(_table_text()).families.keys() == load_table().families.keys()

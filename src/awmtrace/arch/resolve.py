@@ -30,17 +30,14 @@ is ever dropped silently.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
-from gguf import MODEL_ARCH
 
-from awmtrace.arch.names import canonical_role, gguf_arch, gguf_role
-from awmtrace.arch.qkv import LAYOUTS, infer_head_dim, split_qkv
+from awmtrace.arch.names import canonical_role, gguf_role
+from awmtrace.arch.qkv import infer_head_dim, split_qkv
+from awmtrace.arch.table import NORM_ROLES, Example, Family, Pattern, Table, Variant, config_value, load_table
 from awmtrace.errors import AwmError, FormatError, MissingTensor, NumericalError, UnsupportedArchitecture
 from awmtrace.io.base import TensorSource
 from awmtrace.types import LayerRefs, ModelView, TensorRef
@@ -59,13 +56,6 @@ __all__ = [
     "resolve",
 ]
 
-#: Canonical (GGUF) roles of the norm weights a family may name as feeding attention or the FFN.
-NORM_ROLES = ("attn_norm", "attn_norm_2", "ffn_norm", "token_embd_norm", "attn_output_norm", "layer_output_norm")
-NORM_KINDS = ("rms", "layer", "none")
-NORM_PLACEMENTS = ("pre", "post")
-PATTERN_ROLES = ("token_embd", "attn_q", "attn_k", "attn_qkv", "ffn_up", "ffn_gate", "ffn_gate_up", *NORM_ROLES)
-GATE_UP_ORDERS = ("gate_up", "up_gate")
-
 # gguf roles of FFN input projections: role -> (weight, expert). GGUF stacks routed experts in one
 # 3-D tensor (``*_exps``), which read_ffn expands; shared experts are recorded as expert -1.
 _GGUF_FFN_ROLES: dict[str, tuple[str, int | None]] = {
@@ -76,196 +66,6 @@ _GGUF_FFN_ROLES: dict[str, tuple[str, int | None]] = {
     "ffn_up_exps": ("up", None),
     "ffn_gate_exps": ("gate", None),
 }
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """One ``tensors`` entry of a family: a name template and what it is."""
-
-    template: str
-    regex: re.Pattern[str]
-    role: str
-    layout: str | None = None
-    transposed: bool = False
-    order: str | None = None  # ffn_gate_up: which half comes first
-    shared_expert: bool = False
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A config-dependent QKV layout / KV head count; applies when every ``when`` key equals the config's value."""
-
-    when: dict[str, Any]
-    qkv_layout: str | None = None
-    n_kv_heads: int | str | None = None  # an integer, or "n_heads"
-    n_kv_heads_keys: tuple[str, ...] = ()
-    why: str = ""
-
-    def matches(self, config: dict[str, Any]) -> bool:
-        return all(config_value(config, [key]) == value for key, value in self.when.items())
-
-
-@dataclass(frozen=True)
-class Example:
-    """A minimal real checkpoint of a family: its config and every tensor name (``{bid}``/``{xid}`` templates)."""
-
-    id: str
-    config: dict[str, Any]
-    tensors: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    gguf_arch: MODEL_ARCH
-    architectures: tuple[str, ...]
-    model_types: tuple[str, ...]
-    gguf_names: tuple[str, ...]
-    qkv_layout: str | None
-    gguf_qkv_layout: str | None
-    hf_transposed: frozenset[str]
-    prefix_rewrites: tuple[tuple[str, str], ...]
-    patterns: tuple[Pattern, ...]
-    variants: tuple[Variant, ...]
-    source: str
-    examples: tuple[Example, ...] = ()
-    raw: dict[str, Any] = field(default_factory=dict)
-    norm_kind: str = "none"  # "rms" | "layer" | "none"
-    norm_offset: float = 0.0  # Hugging Face storage: effective gain = offset + stored weight
-    attn_norm: tuple[str, ...] = ()  # canonical roles feeding attention, first present wins
-    ffn_norm: tuple[str, ...] = ()  # ... and the FFN
-    norm_placement: str = "pre"  # "post": block i's attention reads block i-1's attn_norm role (block 0: token_embd_norm)
-
-    @property
-    def example_config(self) -> dict[str, Any]:
-        return self.examples[0].config if self.examples else {}
-
-    @property
-    def example_tensors(self) -> tuple[str, ...]:
-        return self.examples[0].tensors if self.examples else ()
-
-    def variant(self, config: dict[str, Any]) -> Variant | None:
-        return next((v for v in self.variants if v.matches(config)), None)
-
-
-@dataclass(frozen=True)
-class Table:
-    defaults: dict[str, Any]
-    families: dict[str, Family]
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    escaped = re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)").replace(r"\{xid\}", r"(?P<xid>\d+)")
-    return re.compile(f"^{escaped}$")
-
-
-def _bad_table(name: str, what: str) -> ValueError:
-    return ValueError(f"architectures.toml [families.{name}]: {what}")
-
-
-def _parse_pattern(name: str, p: dict[str, Any]) -> Pattern:
-    role = p.get("role")
-    if role not in PATTERN_ROLES:
-        raise _bad_table(name, f"pattern {p.get('pattern')!r} has role {role!r}; expected one of {PATTERN_ROLES}")
-    layout = p.get("layout")
-    if layout is not None and layout not in LAYOUTS:
-        raise _bad_table(name, f"unknown layout {layout!r}")
-    order = p.get("order")
-    if (role == "ffn_gate_up") != (order in GATE_UP_ORDERS):
-        raise _bad_table(name, f"pattern {p['pattern']!r}: ffn_gate_up needs order = one of {GATE_UP_ORDERS}")
-    return Pattern(
-        template=p["pattern"],
-        regex=_compile(p["pattern"]),
-        role=role,
-        layout=layout,
-        transposed=bool(p.get("transposed", False)),
-        order=order,
-        shared_expert=bool(p.get("shared_expert", False)),
-    )
-
-
-def _parse_variant(name: str, v: dict[str, Any]) -> Variant:
-    layout = v.get("qkv_layout")
-    if layout is not None and layout not in LAYOUTS:
-        raise _bad_table(name, f"variant has unknown qkv_layout {layout!r}")
-    nkv = v.get("n_kv_heads")
-    if nkv is not None and not (isinstance(nkv, int) or nkv == "n_heads"):
-        raise _bad_table(name, f"variant n_kv_heads must be an integer or 'n_heads', got {nkv!r}")
-    return Variant(
-        when=dict(v.get("when", {})),
-        qkv_layout=layout,
-        n_kv_heads=nkv,
-        n_kv_heads_keys=tuple(v.get("n_kv_heads_keys", ())),
-        why=v.get("why", ""),
-    )
-
-
-def _parse_norms(name: str, entry: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """The norm fields of a family (``norm`` is required: every family states what feeds its attention)."""
-    kind = entry.get("norm")
-    if kind not in NORM_KINDS:
-        raise _bad_table(name, f"norm = {kind!r}; expected one of {NORM_KINDS}")
-    placement = entry.get("norm_placement", "pre")
-    if placement not in NORM_PLACEMENTS:
-        raise _bad_table(name, f"norm_placement = {placement!r}; expected one of {NORM_PLACEMENTS}")
-    offset = entry.get("norm_offset", 0.0)
-    if isinstance(offset, bool) or not isinstance(offset, int | float):
-        raise _bad_table(name, f"norm_offset must be a number, got {offset!r}")
-    roles: dict[str, tuple[str, ...]] = {}
-    for key in ("attn_norm", "ffn_norm"):
-        value = entry.get(key, defaults.get(key, [])) if kind != "none" else entry.get(key, [])
-        if not isinstance(value, list) or any(r not in NORM_ROLES for r in value):
-            raise _bad_table(name, f"{key} must be a list of roles from {NORM_ROLES}, got {value!r}")
-        roles[key] = tuple(value)
-    return {"norm_kind": kind, "norm_offset": float(offset), "norm_placement": placement, **roles}
-
-
-@lru_cache(maxsize=1)
-def load_table() -> Table:
-    """Parse ``architectures.toml`` (cached); a malformed entry is a ``ValueError`` naming it."""
-    text = (resources.files("awmtrace.arch") / "architectures.toml").read_text(encoding="utf-8")
-    data = tomllib.loads(text)
-    defaults = data.get("defaults", {})
-    families: dict[str, Family] = {}
-    for name, entry in data.get("families", {}).items():
-        for key in ("qkv_layout", "gguf_qkv_layout"):
-            if entry.get(key) is not None and entry[key] not in LAYOUTS:
-                raise _bad_table(name, f"unknown {key} {entry[key]!r}")
-        families[name] = Family(
-            name=name,
-            gguf_arch=gguf_arch(entry["gguf_arch"]),
-            architectures=tuple(entry.get("architectures", ())),
-            model_types=tuple(entry.get("model_types", ())),
-            gguf_names=tuple(entry.get("gguf_names", ())),
-            qkv_layout=entry.get("qkv_layout"),
-            gguf_qkv_layout=entry.get("gguf_qkv_layout"),
-            hf_transposed=frozenset(entry.get("hf_transposed", ())),
-            prefix_rewrites=tuple((str(a), str(b)) for a, b in entry.get("prefix_rewrites", ())),
-            patterns=tuple(_parse_pattern(name, p) for p in entry.get("tensors", [])),
-            variants=tuple(_parse_variant(name, v) for v in entry.get("variants", [])),
-            source=entry.get("source", ""),
-            examples=tuple(
-                Example(id=str(e["id"]), config=dict(e.get("config", {})), tensors=tuple(e.get("tensors", ())))
-                for e in entry.get("examples", [])
-            ),
-            raw=entry,
-            **_parse_norms(name, entry, defaults),
-        )
-    return Table(defaults=defaults, families=families)
-
-
-def config_value(config: dict[str, Any], keys: list[str] | tuple[str, ...]) -> Any:
-    """First present key (dotted keys look into nested objects) or ``None``."""
-    for key in keys:
-        node: Any = config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                node = None
-                break
-            node = node[part]
-        if node is not None:
-            return node
-    return None
 
 
 def _text_config(config: dict[str, Any], table: Table) -> dict[str, Any]:
