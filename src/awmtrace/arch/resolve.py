@@ -189,106 +189,163 @@ def _spellings(name: str, rewrites: list[tuple[str, str]]) -> list[tuple[str, st
     return out
 
 
+@dataclass(frozen=True)
+class _Hit:
+    """What one tensor name was recognised as, by a table pattern or gguf's names."""
+
+    name: str
+    role: str
+    bid: int | None
+    how: str
+    by_gguf: bool  # gguf's name map or a GGUF canonical name (not a table pattern)
+    xid: int | None = None
+    layout: str | None = None
+    transposed: bool = False
+    order: str | None = None
+    shared: bool = False
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What classifying the names of one checkpoint against one family needs."""
+
+    fam: Family
+    where: str
+    is_gguf: bool
+    n_blocks: int
+    rewrites: list[tuple[str, str]]
+    hf_layout: str | None  # the QKV layout of Hugging Face fused tensors (variant first)
+
+
+def _pattern_hit(name: str, pat: Pattern, m: re.Match[str], rewritten: str, fam: Family) -> _Hit:
+    groups = m.groupdict()
+    return _Hit(
+        name=name,
+        role=pat.role,
+        bid=int(groups["bid"]) if groups.get("bid") is not None else None,
+        xid=int(groups["xid"]) if groups.get("xid") is not None else None,
+        how=f"architectures.toml [{fam.name}] {pat.template}{rewritten}",
+        by_gguf=False,
+        layout=pat.layout,
+        transposed=pat.transposed,
+        order=pat.order,
+        shared=pat.shared_expert,
+    )
+
+
+def _recognise(name: str, ctx: _Context) -> _Hit | None:
+    """The first spelling of ``name`` that a family pattern, then gguf's names, resolve."""
+    fam = ctx.fam
+    for cand, rewritten in _spellings(name, ctx.rewrites):
+        for pat in fam.patterns:
+            m = pat.regex.match(cand)
+            if m:
+                return _pattern_hit(name, pat, m, rewritten, fam)
+        if ctx.is_gguf:
+            gguf_hit = gguf_role(cand)
+            if gguf_hit is not None:
+                return _Hit(name, gguf_hit[0], gguf_hit[1], "GGUF canonical name", True, xid=gguf_hit[2])
+            continue
+        hf_hit = canonical_role(cand, fam.gguf_arch, ctx.n_blocks)
+        if hf_hit is not None:
+            role, bid = hf_hit
+            how = f"gguf TensorNameMap({fam.gguf_arch.name}){rewritten}"
+            return _Hit(name, role, bid, how, True, transposed=role in fam.hf_transposed)
+    return None
+
+
 def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant | None) -> _Found:
     names = source.names()
+    ctx = _Context(
+        fam=fam,
+        where=str(source.path),
+        is_gguf=source.format == "gguf",
+        n_blocks=_n_blocks_hint(names),
+        rewrites=_rewrites(fam, table),
+        hf_layout=(variant.qkv_layout if variant is not None else None) or fam.qkv_layout,
+    )
     found = _Found()
-    where = str(source.path)
-    n_blocks = _n_blocks_hint(names)
     ignore = tuple(table.defaults.get("ignore_prefixes", []))
-    rewrites = _rewrites(fam, table)
-    is_gguf = source.format == "gguf"
-    hf_layout = (variant.qkv_layout if variant is not None else None) or fam.qkv_layout
     for name in names:
         if name.startswith(ignore):
             found.ignored += 1
             continue
-        hit: tuple[str, Any, Any, str] | None = None
-        for cand, rewritten in _spellings(name, rewrites):
-            for pat in fam.patterns:
-                m = pat.regex.match(cand)
-                if m:
-                    hit = ("pattern", pat, m, rewritten)
-                    break
-            if hit is None:
-                role = gguf_role(cand) if is_gguf else canonical_role(cand, fam.gguf_arch, n_blocks)
-                if role is not None:
-                    hit = ("gguf", role, None, rewritten)
-            if hit is not None:
-                break
+        hit = _recognise(name, ctx)
         if hit is None:
             m_bid = _BLOCK_NUMBER.search(name)
             if m_bid is not None:
                 found.by_block.setdefault(int(m_bid.group(1)), []).append(name)
             continue
-        kind, what, m, rewritten = hit
-        xid: int | None = None
-        order: str | None = None
-        shared = False
-        if kind == "pattern":
-            pat = what
-            groups = m.groupdict()
-            bid = int(groups["bid"]) if groups.get("bid") is not None else None
-            xid = int(groups["xid"]) if groups.get("xid") is not None else None
-            how = f"architectures.toml [{fam.name}] {pat.template}{rewritten}"
-            role, layout, transposed, order, shared = pat.role, pat.layout, pat.transposed, pat.order, pat.shared_expert
-        else:
-            role, bid = what[0], what[1]
-            xid = what[2] if len(what) > 2 else None
-            how = "GGUF canonical name" if is_gguf else f"gguf TensorNameMap({fam.gguf_arch.name}){rewritten}"
-            layout = None
-            transposed = (not is_gguf) and role in fam.hf_transposed
-        if bid is not None:
-            found.by_block.setdefault(bid, []).append(name)
-        if role == "token_embd" and bid is None:
-            found.recognised += 1
-            if found.claim(("token_embd",), name, where):
-                found.embedding = TensorRef(name=name, role="token_embd", how=how)
-        elif role in ("attn_q", "attn_k") and bid is not None:
-            found.recognised += 1
-            if found.claim((role, bid), name, where):
-                ref = TensorRef(name=name, role=f"blk.{bid}.{role}", how=how, transposed=transposed)
-                (found.q if role == "attn_q" else found.k)[bid] = ref
-        elif role == "attn_qkv" and bid is not None:
-            found.recognised += 1
-            if layout is None:
-                layout = fam.gguf_qkv_layout if is_gguf else hf_layout
-            if layout is None:
-                fmt = "GGUF files" if is_gguf else "Hugging Face checkpoints"
-                found.problems.append(
-                    UnsupportedArchitecture(
-                        f"{where}: fused QKV tensor {name!r}: architectures.toml gives no QKV layout for "
-                        f"{fmt} of family {fam.name!r}; refusing to guess how Q, K and V are packed"
-                    )
-                )
-            elif found.claim(("attn_qkv", bid), name, where):
-                found.qkv[bid] = _Fused(name, layout, transposed, how)
-        elif role in NORM_ROLES and (bid is None) == (role == "token_embd_norm"):
-            # Norm weights do not count as recognised: they never decide which family fits.
-            if found.claim(("norm", role, bid), name, where):
-                found.norms.setdefault(bid, {})[role] = TensorRef(name=name, role=f"blk.{bid}.{role}" if bid is not None else role, how=how)
-        elif bid is not None and (role == "ffn_gate_up" or role in ("ffn_up", "ffn_gate") or role in _GGUF_FFN_ROLES):
-            found.recognised += 1
-            if role in _GGUF_FFN_ROLES and kind == "gguf":
-                weight, expert = _GGUF_FFN_ROLES[role]
-                expert = xid if xid is not None else expert
-            else:
-                weight, expert = role.removeprefix("ffn_"), (-1 if shared else xid)
-            parts = ("gate", "up") if weight == "gate_up" else (weight,)
-            for part in parts:
-                stacked = "exps" if role.endswith("_exps") else expert
-                if not found.claim(("ffn", part, bid, stacked), name, where):
-                    continue
-                ref = TensorRef(
-                    name=name,
-                    role=f"blk.{bid}.ffn_{part}",
-                    how=how,
-                    part=part if weight == "gate_up" else None,
-                    layout=order if weight == "gate_up" else None,
-                    transposed=transposed,
-                    expert=expert,
-                )
-                found.ffn.setdefault(bid, {}).setdefault(part, []).append(ref)
+        if hit.bid is not None:
+            found.by_block.setdefault(hit.bid, []).append(name)
+        _record(found, hit, ctx)
     return found
+
+
+def _is_ffn_role(role: str) -> bool:
+    return role == "ffn_gate_up" or role in ("ffn_up", "ffn_gate") or role in _GGUF_FFN_ROLES
+
+
+def _record(found: _Found, hit: _Hit, ctx: _Context) -> None:
+    """File a recognised tensor under its role (claims catch two tensors for one role)."""
+    role, bid, name, where = hit.role, hit.bid, hit.name, ctx.where
+    if role == "token_embd" and bid is None:
+        found.recognised += 1
+        if found.claim(("token_embd",), name, where):
+            found.embedding = TensorRef(name=name, role="token_embd", how=hit.how)
+    elif role in ("attn_q", "attn_k") and bid is not None:
+        found.recognised += 1
+        if found.claim((role, bid), name, where):
+            ref = TensorRef(name=name, role=f"blk.{bid}.{role}", how=hit.how, transposed=hit.transposed)
+            (found.q if role == "attn_q" else found.k)[bid] = ref
+    elif role == "attn_qkv" and bid is not None:
+        found.recognised += 1
+        _record_qkv(found, hit, bid, ctx)
+    elif role in NORM_ROLES and (bid is None) == (role == "token_embd_norm"):
+        # Norm weights do not count as recognised: they never decide which family fits.
+        if found.claim(("norm", role, bid), name, where):
+            found.norms.setdefault(bid, {})[role] = TensorRef(name=name, role=f"blk.{bid}.{role}" if bid is not None else role, how=hit.how)
+    elif bid is not None and _is_ffn_role(role):
+        found.recognised += 1
+        _record_ffn(found, hit, bid, where)
+
+
+def _record_qkv(found: _Found, hit: _Hit, bid: int, ctx: _Context) -> None:
+    layout = hit.layout or (ctx.fam.gguf_qkv_layout if ctx.is_gguf else ctx.hf_layout)
+    if layout is None:
+        fmt = "GGUF files" if ctx.is_gguf else "Hugging Face checkpoints"
+        found.problems.append(
+            UnsupportedArchitecture(
+                f"{ctx.where}: fused QKV tensor {hit.name!r}: architectures.toml gives no QKV layout for "
+                f"{fmt} of family {ctx.fam.name!r}; refusing to guess how Q, K and V are packed"
+            )
+        )
+    elif found.claim(("attn_qkv", bid), hit.name, ctx.where):
+        found.qkv[bid] = _Fused(hit.name, layout, hit.transposed, hit.how)
+
+
+def _record_ffn(found: _Found, hit: _Hit, bid: int, where: str) -> None:
+    role = hit.role
+    if role in _GGUF_FFN_ROLES and hit.by_gguf:
+        weight, expert = _GGUF_FFN_ROLES[role]
+        expert = hit.xid if hit.xid is not None else expert
+    else:
+        weight, expert = role.removeprefix("ffn_"), (-1 if hit.shared else hit.xid)
+    fused = weight == "gate_up"
+    for part in ("gate", "up") if fused else (weight,):
+        stacked = "exps" if role.endswith("_exps") else expert
+        if not found.claim(("ffn", part, bid, stacked), hit.name, where):
+            continue
+        ref = TensorRef(
+            name=hit.name,
+            role=f"blk.{bid}.ffn_{part}",
+            how=hit.how,
+            part=part if fused else None,
+            layout=hit.order if fused else None,
+            transposed=hit.transposed,
+            expert=expert,
+        )
+        found.ffn.setdefault(bid, {}).setdefault(part, []).append(ref)
 
 
 def _as_int(v: Any) -> int | None:
@@ -392,126 +449,18 @@ def _fail(exc: AwmError, found: _Found) -> AwmError:
 
 
 def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:
-    where = str(source.path)
+    """The view of ``source`` as family ``fam``; raises (with how much was recognised) when it does not fit."""
     variant = fam.variant(config) if source.format != "gguf" else None
     found = _classify(source, fam, table, variant)
     if found.problems:
         raise _fail(found.problems[0], found)
-    if found.embedding is None:
-        expected = fam.example_tensors[0] if fam.example_tensors else "token_embd.weight"
-        raise _fail(
-            MissingTensor(f"{where}: no token embedding found for family {fam.name!r} (expected e.g. {expected})"),
-            found,
-        )
-    emb_shape = source.shape(found.embedding.name)
-    if len(emb_shape) != 2:
-        raise _fail(
-            MissingTensor(f"{where}: token embedding {found.embedding.name!r} has shape {emb_shape}, expected 2-D"),
-            found,
-        )
-    vocab_rows, hidden = emb_shape
-    blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
-    n_layers_cfg = config_value(config, table.defaults.get("n_layers_keys", []))
-    if source.format == "gguf":
-        n_layers_cfg = source.metadata.get(f"{source.metadata.get('general.architecture', '')}.block_count", n_layers_cfg)
-    n_layers_cfg = _as_int(n_layers_cfg)
-    if not blocks:
-        held = found.by_block.get(min(found.by_block), []) if found.by_block else []
-        raise _fail(
-            MissingTensor(
-                f"{where}: no attention Q/K tensors found for family {fam.name!r}"
-                + (f"; the first layer holds: {', '.join(held)}" if held else "")
-            ),
-            found,
-        )
-    n_layers = max(blocks) + 1
-    if n_layers_cfg is not None and n_layers_cfg > n_layers:
-        n_layers = n_layers_cfg
-    notes: list[str] = []
-    for (bid, part), (one, other) in sorted(found.ffn_ambiguous.items()):
-        found.ffn.get(bid, {}).pop(part, None)
-        notes.append(f"layer {bid}: {one} and {other} both look like its FFN {part} projection; no FFN {part} score there")
+    embedding, vocab_rows, hidden = _embedding(source, fam, found)
+    n_layers, n_layers_cfg = _layer_count(source, config, table, fam, found)
+    notes = _drop_ambiguous_ffn(found)
     heads = _heads(source, config, table, variant)
-    nh, nkv, hd = heads.n_heads, heads.n_kv_heads, heads.head_dim
-    layers: list[LayerRefs] = []
-    for bid in range(n_layers):
-        if bid in found.q and bid in found.k:
-            q, k = found.q[bid], found.k[bid]
-        elif bid in found.qkv and not (bid in found.q or bid in found.k):
-            fused = found.qkv[bid]
-            if nh is None or nkv is None:
-                keys = ", ".join(table.defaults.get("n_heads_keys", []))
-                raise _fail(
-                    UnsupportedArchitecture(
-                        f"{where}: fused QKV tensor {fused.name!r} can only be cut with the head counts, but "
-                        f"the {'GGUF metadata' if source.format == 'gguf' else 'config'} gives none "
-                        f"(looked for {keys}); add them to config.json"
-                    ),
-                    found,
-                )
-            rows = _rows(source, fused.name, fused.transposed)
-            fused_hd = infer_head_dim(rows, nh, nkv, f"{where}: {fused.name}")
-            if hd is not None and hd != fused_hd:
-                raise _fail(
-                    UnsupportedArchitecture(
-                        f"{where}: fused QKV tensor {fused.name!r} has {rows} rows = (n_heads {nh} + 2 * n_kv_heads "
-                        f"{nkv}) * {fused_hd}, but the config says head_dim {hd}; the head counts do not fit"
-                    ),
-                    found,
-                )
-            hd = fused_hd
-            q = TensorRef(fused.name, f"blk.{bid}.attn_q", fused.how, part="q", layout=fused.layout, transposed=fused.transposed)
-            k = TensorRef(fused.name, f"blk.{bid}.attn_k", fused.how, part="k", layout=fused.layout, transposed=fused.transposed)
-        else:
-            seen = found.by_block.get(bid, [])
-            raise _fail(
-                MissingTensor(
-                    f"{where}: layer {bid} has no attention Q and K (separate or fused) for family "
-                    f"{fam.name!r}; its tensors: {', '.join(seen) if seen else 'none'}"
-                ),
-                found,
-            )
-        ffn = found.ffn.get(bid, {})
-        layers.append(
-            LayerRefs(
-                index=bid,
-                q=q,
-                k=k,
-                up=tuple(sorted(ffn.get("up", []), key=_expert_order)),
-                gate=tuple(sorted(ffn.get("gate", []), key=_expert_order)),
-            )
-        )
-    conv1d = " (Conv1D, stored transposed)"
-    for layer in layers:
-        for ref in (layer.q, layer.k):
-            shape = source.shape(ref.name)
-            d_in = (shape[0] if ref.transposed else shape[1]) if len(shape) == 2 else -1
-            if d_in != hidden:
-                raise _fail(
-                    UnsupportedArchitecture(
-                        f"{where}: {ref.name} has shape {tuple(shape)}{conv1d if ref.transposed else ''}; "
-                        f"its input size is not the embedding's hidden size {hidden}"
-                    ),
-                    found,
-                )
-    first = layers[0]
-    if first.q.part is None and nh:
-        # Separate Q and K: the head size and the KV head count follow from the shapes.
-        q_rows, k_rows = (
-            _rows(source, first.q.name, first.q.transposed),
-            _rows(source, first.k.name, first.k.transposed),
-        )
-        if hd is None and q_rows % nh == 0:
-            hd = q_rows // nh
-        if hd and k_rows % hd == 0:
-            shape_kv = k_rows // hd
-            if heads.kv_explicit and nkv is not None and nkv != shape_kv:
-                notes.append(
-                    f"the config gives {nkv} KV heads, but {first.k.name} has {k_rows} rows = {shape_kv} heads of {hd}; using {shape_kv}"
-                )
-            nkv = shape_kv
-    if hd is None and nh:
-        hd = hidden // nh
+    layers, hd = _layer_refs(source, fam, table, found, heads, n_layers)
+    _check_input_sizes(source, layers, hidden, found)
+    hd, nkv = _heads_from_shapes(source, layers[0], heads, hd, hidden, notes)
     layers, norm_notes = _attach_norms(fam, found, layers)
     notes.extend(norm_notes)
     all_notes: list[str] = []
@@ -523,17 +472,17 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
     if n_layers_cfg is not None and n_layers_cfg != n_layers:
         all_notes.append(f"config says {n_layers_cfg} layers, the checkpoint has {n_layers}")
     return ModelView(
-        path=where,
+        path=str(source.path),
         format=source.format,
         architecture=display,
         family=fam.name,
-        hidden_size=int(hidden),
+        hidden_size=hidden,
         n_layers=n_layers,
-        n_heads=nh,
+        n_heads=heads.n_heads,
         n_kv_heads=nkv,
         head_dim=hd,
-        vocab_size=int(vocab_rows),
-        embedding=found.embedding,
+        vocab_size=vocab_rows,
+        embedding=embedding,
         layers=tuple(layers),
         notes=tuple(all_notes),
         family_reason=f"the {why}" if why else "",
@@ -541,6 +490,141 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
         # llama.cpp's converters add Gemma's 1 to the stored norm weights, so GGUF files need no offset.
         norm_offset=fam.norm_offset if source.format != "gguf" else 0.0,
     )
+
+
+def _embedding(source: TensorSource, fam: Family, found: _Found) -> tuple[TensorRef, int, int]:
+    """The token embedding and its ``(vocab rows, hidden size)``."""
+    where = str(source.path)
+    if found.embedding is None:
+        expected = fam.example_tensors[0] if fam.example_tensors else "token_embd.weight"
+        raise _fail(MissingTensor(f"{where}: no token embedding found for family {fam.name!r} (expected e.g. {expected})"), found)
+    shape = source.shape(found.embedding.name)
+    if len(shape) != 2:
+        raise _fail(MissingTensor(f"{where}: token embedding {found.embedding.name!r} has shape {shape}, expected 2-D"), found)
+    return found.embedding, int(shape[0]), int(shape[1])
+
+
+def _layer_count(source: TensorSource, config: dict[str, Any], table: Table, fam: Family, found: _Found) -> tuple[int, int | None]:
+    """Layers to resolve (the config's count when it promises more than the names show), and the config's count."""
+    blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
+    declared = config_value(config, table.defaults.get("n_layers_keys", []))
+    if source.format == "gguf":
+        declared = source.metadata.get(f"{source.metadata.get('general.architecture', '')}.block_count", declared)
+    n_layers_cfg = _as_int(declared)
+    if not blocks:
+        held = found.by_block.get(min(found.by_block), []) if found.by_block else []
+        raise _fail(
+            MissingTensor(
+                f"{source.path}: no attention Q/K tensors found for family {fam.name!r}"
+                + (f"; the first layer holds: {', '.join(held)}" if held else "")
+            ),
+            found,
+        )
+    n_layers = max(blocks) + 1
+    return (max(n_layers, n_layers_cfg) if n_layers_cfg is not None else n_layers), n_layers_cfg
+
+
+def _drop_ambiguous_ffn(found: _Found) -> list[str]:
+    notes = []
+    for (bid, part), (one, other) in sorted(found.ffn_ambiguous.items()):
+        found.ffn.get(bid, {}).pop(part, None)
+        notes.append(f"layer {bid}: {one} and {other} both look like its FFN {part} projection; no FFN {part} score there")
+    return notes
+
+
+def _layer_refs(
+    source: TensorSource, fam: Family, table: Table, found: _Found, heads: _Heads, n_layers: int
+) -> tuple[list[LayerRefs], int | None]:
+    """Q, K and FFN inputs of every layer, and the head size (a fused QKV tensor fixes it)."""
+    hd = heads.head_dim
+    layers: list[LayerRefs] = []
+    for bid in range(n_layers):
+        if bid in found.q and bid in found.k:
+            q, k = found.q[bid], found.k[bid]
+        elif bid in found.qkv and not (bid in found.q or bid in found.k):
+            q, k, hd = _cut_fused(source, table, found, found.qkv[bid], bid, heads, hd)
+        else:
+            seen = found.by_block.get(bid, [])
+            raise _fail(
+                MissingTensor(
+                    f"{source.path}: layer {bid} has no attention Q and K (separate or fused) for family "
+                    f"{fam.name!r}; its tensors: {', '.join(seen) if seen else 'none'}"
+                ),
+                found,
+            )
+        ffn = found.ffn.get(bid, {})
+        up, gate = (tuple(sorted(ffn.get(w, []), key=_expert_order)) for w in ("up", "gate"))
+        layers.append(LayerRefs(index=bid, q=q, k=k, up=up, gate=gate))
+    return layers, hd
+
+
+def _cut_fused(
+    source: TensorSource, table: Table, found: _Found, fused: _Fused, bid: int, heads: _Heads, hd: int | None
+) -> tuple[TensorRef, TensorRef, int]:
+    """Q and K refs into a fused QKV tensor, and the head size its rows give with the head counts."""
+    where, nh, nkv = str(source.path), heads.n_heads, heads.n_kv_heads
+    if nh is None or nkv is None:
+        keys = ", ".join(table.defaults.get("n_heads_keys", []))
+        raise _fail(
+            UnsupportedArchitecture(
+                f"{where}: fused QKV tensor {fused.name!r} can only be cut with the head counts, but "
+                f"the {'GGUF metadata' if source.format == 'gguf' else 'config'} gives none "
+                f"(looked for {keys}); add them to config.json"
+            ),
+            found,
+        )
+    rows = _rows(source, fused.name, fused.transposed)
+    fused_hd = infer_head_dim(rows, nh, nkv, f"{where}: {fused.name}")
+    if hd is not None and hd != fused_hd:
+        raise _fail(
+            UnsupportedArchitecture(
+                f"{where}: fused QKV tensor {fused.name!r} has {rows} rows = (n_heads {nh} + 2 * n_kv_heads "
+                f"{nkv}) * {fused_hd}, but the config says head_dim {hd}; the head counts do not fit"
+            ),
+            found,
+        )
+    q, k = (
+        TensorRef(fused.name, f"blk.{bid}.attn_{part}", fused.how, part=part, layout=fused.layout, transposed=fused.transposed)
+        for part in ("q", "k")
+    )
+    return q, k, fused_hd
+
+
+def _check_input_sizes(source: TensorSource, layers: list[LayerRefs], hidden: int, found: _Found) -> None:
+    conv1d = " (Conv1D, stored transposed)"
+    for layer in layers:
+        for ref in (layer.q, layer.k):
+            shape = source.shape(ref.name)
+            d_in = (shape[0] if ref.transposed else shape[1]) if len(shape) == 2 else -1
+            if d_in != hidden:
+                raise _fail(
+                    UnsupportedArchitecture(
+                        f"{source.path}: {ref.name} has shape {tuple(shape)}{conv1d if ref.transposed else ''}; "
+                        f"its input size is not the embedding's hidden size {hidden}"
+                    ),
+                    found,
+                )
+
+
+def _heads_from_shapes(
+    source: TensorSource, first: LayerRefs, heads: _Heads, hd: int | None, hidden: int, notes: list[str]
+) -> tuple[int | None, int | None]:
+    """``(head_dim, n_kv_heads)``: separate Q and K give them by their rows (K's rows win over the config, noted)."""
+    nh, nkv = heads.n_heads, heads.n_kv_heads
+    if first.q.part is None and nh:
+        q_rows, k_rows = (_rows(source, ref.name, ref.transposed) for ref in (first.q, first.k))
+        if hd is None and q_rows % nh == 0:
+            hd = q_rows // nh
+        if hd and k_rows % hd == 0:
+            shape_kv = k_rows // hd
+            if heads.kv_explicit and nkv is not None and nkv != shape_kv:
+                notes.append(
+                    f"the config gives {nkv} KV heads, but {first.k.name} has {k_rows} rows = {shape_kv} heads of {hd}; using {shape_kv}"
+                )
+            nkv = shape_kv
+    if hd is None and nh:
+        hd = hidden // nh
+    return hd, nkv
 
 
 def _first_norm(found: _Found, bid: int | None, roles: tuple[str, ...]) -> TensorRef | None:
