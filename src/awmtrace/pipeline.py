@@ -630,11 +630,7 @@ def compare_models(
     matching["pairs"] = [[s.index_a, s.index_b] for s in layers]
     ffn_kinds = [w for w in kinds if w in ("up", "gate")]
     ffn = _score_ffn(sides, layers, ffn_kinds, backend, progress) if ffn_kinds else None
-    summaries = {}
-    for side, model in (("a", a), ("b", b)):
-        record = sides.gains[side].record()
-        summaries[side] = {**model.summary(), "norms": record}
-        notes.extend(_norm_notes(side, model, record, fold_norms))
+    summaries = {side: _model_record(side, model, sides.gains[side], fold_norms, notes) for side, model in (("a", a), ("b", b))}
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
@@ -660,6 +656,13 @@ def compare_models(
         notes=tuple(dict.fromkeys(all_notes)),  # the models' own notes are in a["notes"], b["notes"]
         tool_version=__version__,
     )
+
+
+def _model_record(side: str, model: Model, gains: _Gains, fold_norms: bool, notes: list[str]) -> dict[str, Any]:
+    """The model's summary for the result, with its ``norms`` record; appends the norm notes to ``notes``."""
+    record = gains.record()
+    notes.extend(_norm_notes(side, model, record, fold_norms))
+    return {**model.summary(), "norms": record}
 
 
 def _norm_notes(side: str, model: Model, record: dict[str, Any], fold_norms: bool) -> list[str]:
