@@ -942,9 +942,10 @@ def _needed_tensors(label: str, config: dict[str, Any], headers: list[_Header], 
     view = resolve(source)
     names = {view.embedding.name}
     for layer in view.layers:
-        names.update((layer.q.name, layer.k.name))
+        # The norm gains folded into Q/K (and the FFN inputs) are a few KB; without them a lean copy scores unfolded.
+        names.update(r.name for r in (layer.q, layer.k, layer.attn_norm) if r is not None)
         if ffn:
-            names.update(r.name for r in (*layer.up, *layer.gate))
+            names.update(r.name for r in (*layer.up, *layer.gate, layer.ffn_norm) if r is not None)
     per_file: dict[str, list[str]] = {}
     for name in names:
         per_file.setdefault(source.file_of(name), []).append(name)
