@@ -307,3 +307,14 @@ def test_alignment_is_untouched_by_gains(llama_dirs: dict[str, Path]) -> None:
     with open_model(llama_dirs["base"]) as a, open_model(llama_dirs["awq"]) as b:
         al = align_models(a, b)
     assert al.is_identity
+
+
+def test_llama_gguf_copy_of_an_awq_scaled_model_q8(base: synth.SynthModel, tmp_path: Path) -> None:
+    """GGUF reads (rope-permuted Q/K rows, Q8_0 weights, F32 norms) fold too, FFN inputs included."""
+    hf = synth.write_hf(base, tmp_path / "hf")
+    gguf_path = synth.write_gguf(synth.awq_scale(base, seed=11), tmp_path / "awq.gguf", qtype="Q8_0")
+    on = compare(hf, gguf_path, device="cpu", weights="q,k,up,gate")
+    off = compare(hf, gguf_path, device="cpu", weights="q,k,up,gate", fold_norms=False)
+    assert on.score >= 0.98 and on.ffn is not None and on.ffn["score_up"] >= 0.98
+    assert off.score <= UNFOLDED_AT_MOST
+    assert on.b["norms"]["n_layers_folded"] == 3 and on.b["norms"]["n_ffn_layers_folded"] == 3
