@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from awmtrace.arch import names as arch_names
 from awmtrace.arch.names import canonical_role, gguf_arch, gguf_role
-from awmtrace.arch.resolve import load_table, read_attention, read_ffn, resolve
+from awmtrace.arch.resolve import load_table, read_attention, read_ffn, read_norm, resolve
 from awmtrace.errors import MissingTensor, UnsupportedArchitecture
 from awmtrace.io import open_source
 
@@ -36,6 +36,11 @@ def sep(prefix: str, q: str, k: str, **kw: Any) -> dict[str, Any]:
     return {"q": prefix + q, "k": prefix + k, **kw}
 
 
+def norms(attn: str | None, ffn: str | None, kind: str = "layer", offset: float = 0.0, first: str | None = None) -> dict[str, Any]:
+    """What feeds attention and the FFN: templates (``{bid}``; ``{prev}`` = the previous block, ``first`` for block 0)."""
+    return {"attn": attn, "ffn": ffn, "kind": kind, "offset": offset, "first": first}
+
+
 def llama_like(prefix: str, family: str, embedding: str, nh: int, nkv: int, hd: int, **kw: Any) -> dict[str, Any]:
     base = {
         "family": family,
@@ -45,9 +50,15 @@ def llama_like(prefix: str, family: str, embedding: str, nh: int, nkv: int, hd: 
         "heads": (nh, nkv, hd),
         "up": [f"{prefix}layers.{{bid}}.mlp.up_proj.weight"],
         "gate": [f"{prefix}layers.{{bid}}.mlp.gate_proj.weight"],
+        "norms": norms(f"{prefix}layers.{{bid}}.input_layernorm.weight", f"{prefix}layers.{{bid}}.post_attention_layernorm.weight", "rms"),
     }
     base.update(kw)
     return base
+
+
+def gemma2_norms(prefix: str) -> dict[str, Any]:
+    # Gemma 2/3: post_attention_layernorm normalises the attention output; pre_feedforward_layernorm feeds the MLP.
+    return norms(f"{prefix}layers.{{bid}}.input_layernorm.weight", f"{prefix}layers.{{bid}}.pre_feedforward_layernorm.weight", "rms", 1.0)
 
 
 # example id -> what its tensors are. "heads" = (n_heads, n_kv_heads, head_dim).
@@ -79,6 +90,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "heads": (4, 4, 16),
         "up": ["transformer.h.{bid}.mlp.w1.weight"],
         "gate": ["transformer.h.{bid}.mlp.w2.weight"],
+        "norms": norms("transformer.h.{bid}.ln_1.weight", "transformer.h.{bid}.ln_2.weight", "rms"),
     },
     "mistral": llama_like("model.", "mistral", "model.embed_tokens.weight", 4, 1, 16),
     "mixtral": llama_like(
@@ -93,7 +105,15 @@ EXPECTED: dict[str, dict[str, Any]] = {
     ),
     "internlm-7b": llama_like("model.", "internlm", "model.embed_tokens.weight", 4, 4, 16),
     "minicpm-2b": llama_like("model.", "minicpm", "model.embed_tokens.weight", 4, 4, 16),
-    "plamo-13b": llama_like("model.layers.", "plamo", "model.embed_tokens.weight", 4, 2, 16),
+    "plamo-13b": llama_like(
+        "model.layers.",
+        "plamo",
+        "model.embed_tokens.weight",
+        4,
+        2,
+        16,
+        norms=norms("model.layers.layers.{bid}.norm.weight", "model.layers.layers.{bid}.norm.weight", "rms"),  # parallel block
+    ),
     "qwen-7b": {
         "family": "qwen",
         "embedding": "transformer.wte.weight",
@@ -101,6 +121,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "heads": (4, 4, 16),
         "up": ["transformer.h.{bid}.mlp.w1.weight"],
         "gate": ["transformer.h.{bid}.mlp.w2.weight"],
+        "norms": norms("transformer.h.{bid}.ln_1.weight", "transformer.h.{bid}.ln_2.weight", "rms"),
     },
     "qwen2.5 (tied embeddings)": llama_like("model.", "qwen2", "model.embed_tokens.weight", 4, 2, 16),
     "qwen3": llama_like("model.", "qwen3", "model.embed_tokens.weight", 4, 2, 32),
@@ -134,14 +155,34 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "qwen2-vl (model.language_model names, nested text_config)": llama_like(
         "model.language_model.", "qwen2_vl", "model.language_model.embed_tokens.weight", 4, 2, 16
     ),
-    "gemma-2b (multi-query, tied)": llama_like("model.", "gemma", "model.embed_tokens.weight", 4, 1, 32),
-    "gemma-2": llama_like("model.", "gemma2", "model.embed_tokens.weight", 4, 2, 16),
-    "gemma-3-1b (text only)": llama_like("model.", "gemma3", "model.embed_tokens.weight", 4, 1, 32),
+    "gemma-2b (multi-query, tied)": llama_like(
+        "model.",
+        "gemma",
+        "model.embed_tokens.weight",
+        4,
+        1,
+        32,
+        norms=norms("model.layers.{bid}.input_layernorm.weight", "model.layers.{bid}.post_attention_layernorm.weight", "rms", 1.0),
+    ),
+    "gemma-2": llama_like("model.", "gemma2", "model.embed_tokens.weight", 4, 2, 16, norms=gemma2_norms("model.")),
+    "gemma-3-1b (text only)": llama_like("model.", "gemma3", "model.embed_tokens.weight", 4, 1, 32, norms=gemma2_norms("model.")),
     "gemma-3-4b (transformers < 4.52 names)": llama_like(
-        "language_model.model.", "gemma3", "language_model.model.embed_tokens.weight", 4, 2, 32
+        "language_model.model.",
+        "gemma3",
+        "language_model.model.embed_tokens.weight",
+        4,
+        2,
+        32,
+        norms=gemma2_norms("language_model.model."),
     ),
     "gemma-3-4b (transformers >= 4.52 names)": llama_like(
-        "model.language_model.", "gemma3", "model.language_model.embed_tokens.weight", 4, 2, 32
+        "model.language_model.",
+        "gemma3",
+        "model.language_model.embed_tokens.weight",
+        4,
+        2,
+        32,
+        norms=gemma2_norms("model.language_model."),
     ),
     "phi-3": {
         "family": "phi3",
@@ -149,6 +190,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("model.layers.{bid}.self_attn.qkv_proj.weight", "contiguous", False),
         "heads": (4, 2, 16),
         "gate_up": ("model.layers.{bid}.mlp.gate_up_proj.weight", "gate_up"),
+        "norms": norms("model.layers.{bid}.input_layernorm.weight", "model.layers.{bid}.post_attention_layernorm.weight", "rms"),
     },
     "chatglm3-6b": {
         "family": "chatglm",
@@ -156,6 +198,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("transformer.encoder.layers.{bid}.self_attention.query_key_value.weight", "contiguous", False),
         "heads": (4, 2, 16),
         "gate_up": ("transformer.encoder.layers.{bid}.mlp.dense_h_to_4h.weight", "gate_up"),
+        "norms": norms(
+            "transformer.encoder.layers.{bid}.input_layernorm.weight",
+            "transformer.encoder.layers.{bid}.post_attention_layernorm.weight",
+            "rms",
+        ),
     },
     "chatglm-6b": {
         "family": "chatglm_v1",
@@ -163,6 +210,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("transformer.layers.{bid}.attention.query_key_value.weight", "per_head", False),
         "heads": (4, 4, 16),
         "up": ["transformer.layers.{bid}.mlp.dense_h_to_4h.weight"],
+        "norms": norms("transformer.layers.{bid}.input_layernorm.weight", "transformer.layers.{bid}.post_attention_layernorm.weight"),
     },
     "baichuan2-7b": {
         "family": "baichuan",
@@ -171,6 +219,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "heads": (4, 4, 16),
         "up": ["model.layers.{bid}.mlp.up_proj.weight"],
         "gate": ["model.layers.{bid}.mlp.gate_proj.weight"],
+        "norms": norms("model.layers.{bid}.input_layernorm.weight", "model.layers.{bid}.post_attention_layernorm.weight", "rms"),
     },
     "internlm2": {
         "family": "internlm2",
@@ -179,6 +228,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "heads": (4, 2, 16),
         "up": ["model.layers.{bid}.feed_forward.w3.weight"],
         "gate": ["model.layers.{bid}.feed_forward.w1.weight"],
+        "norms": norms("model.layers.{bid}.attention_norm.weight", "model.layers.{bid}.ffn_norm.weight", "rms"),
     },
     "falcon-40b (new decoder architecture)": {
         "family": "falcon",
@@ -186,6 +236,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("transformer.h.{bid}.self_attention.query_key_value.weight", "kv_group", False),
         "heads": (4, 2, 16),
         "up": ["transformer.h.{bid}.mlp.dense_h_to_4h.weight"],
+        "norms": norms("transformer.h.{bid}.ln_attn.weight", "transformer.h.{bid}.ln_mlp.weight"),
     },
     "falcon-7b (multi-query)": {
         "family": "falcon",
@@ -193,6 +244,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("transformer.h.{bid}.self_attention.query_key_value.weight", "kv_group", False),
         "heads": (4, 1, 16),
         "up": ["transformer.h.{bid}.mlp.dense_h_to_4h.weight"],
+        "norms": norms("transformer.h.{bid}.input_layernorm.weight", "transformer.h.{bid}.input_layernorm.weight"),
     },
     "falcon-rw-1b (per-head)": {
         "family": "falcon",
@@ -200,6 +252,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("transformer.h.{bid}.self_attention.query_key_value.weight", "per_head", False),
         "heads": (4, 4, 16),
         "up": ["transformer.h.{bid}.mlp.dense_h_to_4h.weight"],
+        "norms": norms("transformer.h.{bid}.input_layernorm.weight", "transformer.h.{bid}.post_attention_layernorm.weight"),
     },
     "pythia": {
         "family": "gpt_neox",
@@ -207,6 +260,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("gpt_neox.layers.{bid}.attention.query_key_value.weight", "per_head", False),
         "heads": (4, 4, 16),
         "up": ["gpt_neox.layers.{bid}.mlp.dense_h_to_4h.weight"],
+        "norms": norms("gpt_neox.layers.{bid}.input_layernorm.weight", "gpt_neox.layers.{bid}.post_attention_layernorm.weight"),
     },
     "bloom-560m": {
         "family": "bloom",
@@ -214,6 +268,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("h.{bid}.self_attention.query_key_value.weight", "per_head", False),
         "heads": (4, 4, 16),
         "up": ["h.{bid}.mlp.dense_h_to_4h.weight"],
+        "norms": norms("h.{bid}.input_layernorm.weight", "h.{bid}.post_attention_layernorm.weight"),
     },
     "gpt2 (openai-community names)": {
         "family": "gpt2",
@@ -222,6 +277,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "heads": (4, 4, 16),
         "up": ["h.{bid}.mlp.c_fc.weight"],
         "ffn_transposed": True,
+        "norms": norms("h.{bid}.ln_1.weight", "h.{bid}.ln_2.weight"),
     },
     "gpt2 (GPT2LMHeadModel save)": {
         "family": "gpt2",
@@ -230,6 +286,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "heads": (4, 4, 16),
         "up": ["transformer.h.{bid}.mlp.c_fc.weight"],
         "ffn_transposed": True,
+        "norms": norms("transformer.h.{bid}.ln_1.weight", "transformer.h.{bid}.ln_2.weight"),
     },
     "jais-13b": {
         "family": "jais",
@@ -239,6 +296,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "up": ["transformer.h.{bid}.mlp.c_fc.weight"],
         "gate": ["transformer.h.{bid}.mlp.c_fc2.weight"],
         "ffn_transposed": True,
+        "norms": norms("transformer.h.{bid}.ln_1.weight", "transformer.h.{bid}.ln_2.weight"),
     },
     "mpt-7b": {
         "family": "mpt",
@@ -246,6 +304,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("transformer.blocks.{bid}.attn.Wqkv.weight", "contiguous", False),
         "heads": (4, 4, 16),
         "up": ["transformer.blocks.{bid}.ffn.up_proj.weight"],
+        "norms": norms("transformer.blocks.{bid}.norm_1.weight", "transformer.blocks.{bid}.norm_2.weight"),
     },
     "olmo-7b (hf_olmo)": {
         "family": "olmo_v1",
@@ -253,9 +312,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "qkv": ("model.transformer.blocks.{bid}.att_proj.weight", "contiguous", False),
         "heads": (4, 4, 16),
         "gate_up": ("model.transformer.blocks.{bid}.ff_proj.weight", "up_gate"),
+        "norms": norms(None, None, "none"),
     },
-    "olmo-7b-hf": llama_like("model.", "olmo", "model.embed_tokens.weight", 4, 4, 16),
-    "olmo-2": llama_like("model.", "olmo2", "model.embed_tokens.weight", 4, 4, 16),
+    "olmo-7b-hf": llama_like("model.", "olmo", "model.embed_tokens.weight", 4, 4, 16, norms=norms(None, None, "none")),
+    # OLMo-2's norms sit on block outputs: nothing normalises the attention input.
+    "olmo-2": llama_like("model.", "olmo2", "model.embed_tokens.weight", 4, 4, 16, norms=norms(None, None, "none")),
     "bert (BertForMaskedLM)": {
         "family": "bert",
         "embedding": "bert.embeddings.word_embeddings.weight",
@@ -263,6 +324,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "k": "bert.encoder.layer.{bid}.attention.self.key.weight",
         "heads": (4, 4, 16),
         "up": ["bert.encoder.layer.{bid}.intermediate.dense.weight"],
+        "norms": norms(
+            "bert.encoder.layer.{prev}.output.LayerNorm.weight",
+            "bert.encoder.layer.{bid}.attention.output.LayerNorm.weight",
+            first="bert.embeddings.LayerNorm.weight",
+        ),
     },
     "bert (BertModel)": {
         "family": "bert",
@@ -271,6 +337,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "k": "encoder.layer.{bid}.attention.self.key.weight",
         "heads": (4, 4, 16),
         "up": ["encoder.layer.{bid}.intermediate.dense.weight"],
+        "norms": norms(
+            "encoder.layer.{prev}.output.LayerNorm.weight",
+            "encoder.layer.{bid}.attention.output.LayerNorm.weight",
+            first="embeddings.LayerNorm.weight",
+        ),
     },
     "roberta (RobertaForMaskedLM)": {
         "family": "bert",
@@ -279,6 +350,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "k": "roberta.encoder.layer.{bid}.attention.self.key.weight",
         "heads": (4, 4, 16),
         "up": ["roberta.encoder.layer.{bid}.intermediate.dense.weight"],
+        "norms": norms(
+            "roberta.encoder.layer.{prev}.output.LayerNorm.weight",
+            "roberta.encoder.layer.{bid}.attention.output.LayerNorm.weight",
+            first="roberta.embeddings.LayerNorm.weight",
+        ),
     },
 }
 
@@ -330,6 +406,7 @@ class Planted:
         self.q = [mat(nh * hd, HIDDEN) for _ in range(self.n_layers)]
         self.k = [mat(nkv * hd, HIDDEN) for _ in range(self.n_layers)]
         self.ffn: dict[tuple[int, str], dict[int | None, np.ndarray]] = {}
+        self.norms: dict[str, np.ndarray] = {}  # name -> planted gain (HIDDEN,)
         tensors: dict[str, np.ndarray] = {}
         ffn_names = {w: expected.get(w, []) for w in ("up", "gate")}
         for template in example.tensors:
@@ -367,7 +444,12 @@ class Planted:
                 expert = xid if xid is not None else (-1 if "shared_expert" in template else None)
                 self.ffn.setdefault((bid, weight), {})[expert] = w
                 return np.ascontiguousarray(w.T) if transposed_ffn else w
-        # Everything else (V, output, norms, biases, towers, heads): content the resolver must not need.
+        spec = expected["norms"]
+        if template in {t.replace("{prev}", "{bid}") for t in (spec["attn"], spec["ffn"], spec["first"]) if t}:
+            gain = rng.uniform(0.5, 2.0, HIDDEN).astype(np.float32)
+            self.norms[template.format(bid=bid)] = gain
+            return gain
+        # Everything else (V, output, other norms, biases, towers, heads): content the resolver must not need.
         return rng.standard_normal((4,) if template.endswith("bias") else (4, 8)).astype(np.float32)
 
 
@@ -420,6 +502,7 @@ def test_example_resolves_and_reads_planted_weights(family: str, example: Any, t
             q, k = read_attention(source, view, layer)
             np.testing.assert_array_equal(q, planted.q[bid])
             np.testing.assert_array_equal(k, planted.k[bid])
+            check_norms(source, view, layer, exp["norms"], planted)
             for weight in ("up", "gate"):
                 got = read_ffn(source, view, layer, weight)
                 want = planted.ffn.get((bid, weight), {})
@@ -430,6 +513,17 @@ def test_example_resolves_and_reads_planted_weights(family: str, example: Any, t
         towers = [n for n in source.names() if n.startswith(tower_prefixes)]
         if towers:
             assert any(note.startswith(f"{len(towers)} tensor(s) of vision/audio towers") for note in view.notes)
+
+
+def check_norms(source: Any, view: Any, layer: Any, spec: dict[str, Any], planted: Planted) -> None:
+    """The norms feeding attention and the FFN are the expected tensors, read with the family's offset."""
+    bid = layer.index
+    assert (view.norm_kind, view.norm_offset) == (spec["kind"], spec["offset"])
+    want_attn = spec["first"] if bid == 0 and spec["first"] else spec["attn"]
+    for ref, want in ((layer.attn_norm, want_attn), (layer.ffn_norm, spec["ffn"])):
+        assert (ref.name if ref is not None else None) == (want.format(bid=bid, prev=bid - 1) if want else None)
+        if ref is not None:
+            np.testing.assert_array_equal(read_norm(source, view, ref), planted.norms[ref.name] + np.float32(spec["offset"]))
 
 
 @pytest.mark.parametrize(
@@ -687,6 +781,7 @@ def test_gguf_resolves_canonical_names(arch: str, fused: bool, family: str, tmp_
         assert view.embedding.name == "token_embd.weight"
         for i, layer in enumerate(view.layers):
             assert layer.q.transposed is False
+            assert layer.attn_norm is not None and layer.attn_norm.name == f"blk.{i}.attn_norm.weight"
             got_q, got_k = read_attention(source, view, layer)
             np.testing.assert_array_equal(got_q, q[i])
             np.testing.assert_array_equal(got_k, k[i])
@@ -833,3 +928,73 @@ def test_arch_specific_mappings_do_not_leak_into_other_maps() -> None:
         assert canonical_role("model.layers.0.post_attention_layernorm.weight", MODEL_ARCH.LLAMA, 2) == ("ffn_norm", 0)
     finally:
         arch_names._name_map.cache_clear()
+
+
+def _table_text() -> str:
+    from importlib import resources
+
+    return (resources.files("awmtrace.arch") / "architectures.toml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\nqkv_layuot = "contiguous"\n',
+            r"\[families\.llama\]: unknown key\(s\) qkv_layuot",
+        ),
+        (
+            'model_types = ["llama", "llava_llama"]',
+            'model_types = "llama"',
+            r"\[families\.llama\]: model_types = 'llama' has the wrong type",
+        ),
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\nnorm = "rms"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\n',
+            r"\[families\.llama\]: missing required key\(s\) norm",
+        ),
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\nnorm = "rms"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\nnorm = "rsm"\n',
+            r"norm = 'rsm'; expected one of rms",
+        ),
+        (
+            '[families.llama]\ngguf_arch = "LLAMA"\n',
+            '[families.llama]\ngguf_arch = "LLAMA"\nffn_norm = ["ffn_nrom"]\n',
+            r"ffn_norm = 'ffn_nrom'",
+        ),
+        ('gguf_arch = "LLAMA"\n', 'gguf_arch = "LAMA"\n', r"gguf_arch = 'LAMA' is not a gguf MODEL_ARCH"),
+        (
+            'role = "attn_qkv", layout = "kv_group" }',
+            'role = "attn_qkv", layout = "kv_group", transposed = "yes" }',
+            r"transposed = 'yes' has the wrong type",
+        ),
+        ("n_heads_keys = [", "n_head_keys = [", r"\[defaults\]: unknown key\(s\) n_head_keys"),
+        ('id = "llama"\n', 'id = "llama"\nname = "x"\n', r"example 'llama': unknown key\(s\) name"),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "missing-norm",
+        "bad-norm-kind",
+        "bad-norm-role",
+        "bad-gguf-arch",
+        "pattern-type",
+        "defaults",
+        "example",
+    ],
+)
+def test_the_table_loader_is_strict(old: str, new: str, message: str) -> None:
+    from awmtrace.arch.table import parse_table
+
+    text = _table_text()
+    assert old in text
+    with pytest.raises(ValueError, match=message):
+        parse_table(text.replace(old, new, 1))
+
+
+def test_the_packaged_table_parses() -> None:
+    from awmtrace.arch.table import parse_table
+
+    assert parse_table(_table_text()).families.keys() == load_table().families.keys()

@@ -99,11 +99,11 @@ def test_fetch_transfers_a_small_fraction_and_scores_like_the_full_copy(server: 
     ]  # fmt: skip
     names = _lean_names(result.path)
     assert "model.embed_tokens.weight" in names
-    # Q and K, and the norm gains feeding them once the view records those; nothing else of a layer.
-    assert {n.split(".")[-2] for n in names if n.startswith("model.layers.")} - {"input_layernorm"} == {"q_proj", "k_proj"}
+    assert {n.split(".")[-2] for n in names if n.startswith("model.layers.")} == {"q_proj", "k_proj", "input_layernorm"}
     assert not (result.path / "model.safetensors.index.json").exists()
     pair = compare(models["big"], "acme/big")
     assert pair.score >= 0.99
+    assert pair.b["norms"]["folded"] and pair.b["norms"]["missing_layers"] == []  # the lean copy keeps the norm gains
     assert pair.b["spec"] == "acme/big"
 
 

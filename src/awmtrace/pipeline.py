@@ -4,6 +4,12 @@ It opens both checkpoints lazily, aligns hidden dimensions on the shared
 vocabulary, scores attention Q/K layer by layer (reading one layer at a time),
 matches layers when depths differ, and turns the mean score into z, p and a
 verdict. Every decision is recorded in the result.
+
+Canonical form: every Q/K (and FFN up/gate) input is scored as
+``W @ diag(gamma)`` with the gain of the norm that feeds it (the
+architecture table says which), so a copy whose gains were folded into the
+next linear layers, or whose per-channel scales moved between norm and
+weights (AWQ, SmoothQuant), scores as the original does.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from awmtrace._version import __version__
-from awmtrace.arch.resolve import read_attention, read_ffn, resolve
+from awmtrace.arch.resolve import read_attention, read_ffn, read_norm, resolve
 from awmtrace.core import cka, stats
 from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
 from awmtrace.core.backend import Backend, select_backend
@@ -62,6 +68,8 @@ MIN_SHARED_TOKENS = 256
 WEIGHTS = ("q", "k", "up", "gate")
 #: Rows of the shared vocabulary converted to float32 at a time.
 EMBEDDING_BLOCK_ROWS = 4096
+#: float32 elements of a layer matrix converted (and gain-folded) at a time: 1 MiB, cache-sized.
+_BLOCK_ELEMENTS = 1 << 18
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances; ``stage`` is a short phrase."""
@@ -274,6 +282,56 @@ class _RawRead:
         return self._arrays
 
 
+class _Gains:
+    """The norm gains of one model, read as layers are scored, and what was folded (for the result).
+
+    :meth:`get` returns the float32 ``(hidden,)`` gain to fold into a layer's
+    Q/K (``"attn"``) or FFN inputs (``"ffn"``), or ``None`` when there is
+    nothing to multiply: folding is off, the family's norm has no weight,
+    the checkpoint lacks the tensor (scored unfolded, recorded as missing),
+    or every gain is exactly 1 (folding would change nothing).
+    """
+
+    def __init__(self, model: Model, fold: bool) -> None:
+        self.model = model
+        self.fold = fold and model.view.norm_kind != "none"
+        self._cache: dict[str, np.ndarray | None] = {}  # tensor name -> gain (None: all ones); shared norms read once
+        self.folded: dict[str, set[int]] = {"attn": set(), "ffn": set()}
+        self.missing: dict[str, set[int]] = {"attn": set(), "ffn": set()}
+        self.zero_entries: dict[str, int] = {}
+
+    def get(self, index: int, which: str) -> np.ndarray | None:
+        if not self.fold:
+            return None
+        layer = self.model.view.layers[index]
+        ref = layer.attn_norm if which == "attn" else layer.ffn_norm
+        if ref is None:
+            self.missing[which].add(index)
+            return None
+        if ref.name not in self._cache:
+            gain = read_norm(self.model.source, self.model.view, ref)
+            zeros = int(gain.size - np.count_nonzero(gain))
+            if zeros:
+                self.zero_entries[ref.name] = zeros
+            self._cache[ref.name] = None if bool(np.all(gain == 1.0)) else gain
+        self.folded[which].add(index)
+        return self._cache[ref.name]
+
+    def record(self) -> dict[str, Any]:
+        """What the result says about this model's norms: kind, offset, whether and where gains were folded."""
+        view = self.model.view
+        return {
+            "kind": view.norm_kind,
+            "offset": view.norm_offset,
+            "folded": self.fold and bool(self.folded["attn"]),
+            "n_layers_folded": len(self.folded["attn"]),
+            "missing_layers": sorted(self.missing["attn"]),
+            "n_ffn_layers_folded": len(self.folded["ffn"]),
+            "missing_ffn_layers": sorted(self.missing["ffn"]),
+            "zero_gain_entries": dict(self.zero_entries),
+        }
+
+
 class _Sides:
     """Reads Q and K of a layer of either model, aligned, into float32 buffers reused from layer to layer.
 
@@ -286,10 +344,12 @@ class _Sides:
     float32 buffer; anything else goes through :func:`read_attention`.
     Returned sample matrices ``(n_other, d_out)`` are Fortran-ordered views,
     as SYRK wants, and stay valid until the next read of the same model side.
+    With ``fold_norms`` each matrix is scored as ``W @ diag(gamma)`` (see :class:`_Gains`).
     """
 
-    def __init__(self, a: Model, b: Model, al: Alignment) -> None:
+    def __init__(self, a: Model, b: Model, al: Alignment, fold_norms: bool = True) -> None:
         self.a, self.b, self.al = a, b, al
+        self.gains = {"a": _Gains(a, fold_norms), "b": _Gains(b, fold_norms)}
         n_base = al.hidden_size_a if al.base == "a" else al.hidden_size_b
         self._gather = not (al.index.size == n_base and np.array_equal(al.index, np.arange(n_base)))
         self._flip = al.n_sign_flips > 0
@@ -347,6 +407,7 @@ class _Sides:
         model = self.model(side)
         layer = model.view.layers[index]
         is_base = side == self.al.base
+        gain = self.gains[side].get(index, "attn")
         out = []
         pending = self._wait(side)
         jobs = self._raw_jobs(side, index)
@@ -356,17 +417,30 @@ class _Sides:
             else:
                 raws = [buf.read(lay) for lay, buf in jobs]
             for role, ref, (lay, _), raw in zip(("q", "k"), (layer.q, layer.k), jobs, raws, strict=True):
-                out.append(self._align(side, role, raw, is_base, lay.dtype, f"{lay.path}: tensor {ref.name!r}"))
+                out.append(self._align(side, role, raw, is_base, lay.dtype, f"{lay.path}: tensor {ref.name!r}", gain))
         else:
             q, k = read_attention(model.source, model.view, layer)
             model.source.release()
             for role, w in (("q", q), ("k", k)):
-                out.append(self._align(side, role, w, is_base, "F32", f"{model.spec}: layer {index} {role}"))
+                out.append(self._align(side, role, w, is_base, "F32", f"{model.spec}: layer {index} {role}", gain))
         self.read_s += time.perf_counter() - started
         return out[0], out[1]
 
-    def _align(self, side: str, role: str, w: np.ndarray, is_base: bool, dtype: str, where: str) -> np.ndarray:
-        """``w``: ``(d_out, hidden)`` as stored (``BF16`` as uint16 bits) -> aligned float32 samples ``(n_other, d_out)``."""
+    def _align(
+        self, side: str, role: str, w: np.ndarray, is_base: bool, dtype: str, where: str, gain: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``w``: ``(d_out, hidden)`` as stored (``BF16`` as uint16 bits) -> aligned float32 samples ``(n_other, d_out)``.
+
+        ``gain`` ``(hidden,)``: the norm gain folded in (``W @ diag(gain)``) before alignment.
+        """
+        # Per-column factor applied after conversion: the gain (gathered like the base's
+        # columns) and, on the other side, the signs; None keeps the XOR sign trick below.
+        scale: np.ndarray | None = None
+        if gain is not None:
+            if is_base:
+                scale = gain[self.al.index] if self._gather else gain
+            else:
+                scale = gain * self.al.signs if self._flip else gain
         if is_base and self._gather:
             # Gather before converting: half the bytes for bf16, and np.take
             # into a buffer is several times faster than fancy indexing,
@@ -374,21 +448,30 @@ class _Sides:
             shape = (w.shape[0], self.al.index.size)
             w = np.take(w, self.al.index, axis=1, out=self._buffer(("gather", w.dtype, shape), shape, w.dtype))
         x = self._buffer(("x", side, role), w.shape, np.float32)
-        flip = not is_base and self._flip
-        if dtype == "BF16":
-            # bf16 is the top half of a float32: widen, flipping the sign bit
-            # of the columns to negate in the same pass, then shift up.
-            bits = x.view(np.uint32)
-            if flip:
-                np.bitwise_xor(w, self._sign_bits[None, :], out=bits)
+        flip = not is_base and self._flip and scale is None
+        # Row blocks of ~1 MiB: widening, the gain and the finiteness check each
+        # pass over a block while it is still in cache, not over the whole matrix.
+        step = max(1, _BLOCK_ELEMENTS // max(1, w.shape[1]))
+        finite = True
+        for start in range(0, w.shape[0], step):
+            wb, xb = w[start : start + step], x[start : start + step]
+            if dtype == "BF16":
+                # bf16 is the top half of a float32: widen, flipping the sign bit
+                # of the columns to negate in the same pass, then shift up.
+                bits = xb.view(np.uint32)
+                if flip:
+                    np.bitwise_xor(wb, self._sign_bits[None, :], out=bits)
+                else:
+                    np.copyto(bits, wb)
+                np.left_shift(bits, 16, out=bits)
             else:
-                np.copyto(bits, w)
-            np.left_shift(bits, 16, out=bits)
-        else:
-            np.copyto(x, w)
-            if flip:
-                np.multiply(x, self.al.signs[None, :], out=x)
-        if not np.isfinite(x).all():
+                np.copyto(xb, wb)
+                if flip:
+                    np.multiply(xb, self.al.signs[None, :], out=xb)
+            if scale is not None:
+                np.multiply(xb, scale[None, :], out=xb)
+            finite = finite and bool(np.isfinite(xb).all())
+        if not finite:
             bad = int(np.count_nonzero(~np.isfinite(x)))
             raise NumericalError(f"{where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
         return x.T
@@ -452,8 +535,13 @@ def _score_matched(sides: _Sides, la: int, lb: int, backend: Backend, progress: 
     return layers, (full if a_shallow else full.T)
 
 
-def _aligned_samples(w: np.ndarray, al: Alignment, is_base: bool) -> np.ndarray:
-    """``w``: float32 ``(d_out, hidden)`` -> aligned samples ``(n_other, d_out)``: base columns gathered, other's signed (in place)."""
+def _aligned_samples(w: np.ndarray, al: Alignment, is_base: bool, gain: np.ndarray | None = None) -> np.ndarray:
+    """``w``: float32 ``(d_out, hidden)`` -> aligned samples ``(n_other, d_out)``.
+
+    The gain is folded, the base's columns gathered and the other's signed (in place).
+    """
+    if gain is not None:
+        w *= gain[None, :]
     if is_base:
         if not (al.is_identity and al.index.size == w.shape[1]):
             w = np.take(w, al.index, axis=1)
@@ -462,9 +550,9 @@ def _aligned_samples(w: np.ndarray, al: Alignment, is_base: bool) -> np.ndarray:
     return w.T
 
 
-def _score_ffn(
-    a: Model, b: Model, al: Alignment, layers: Sequence[LayerScore], weights: Sequence[str], backend: Backend, progress: Progress
-) -> dict[str, Any]:
+def _score_ffn(sides: _Sides, layers: Sequence[LayerScore], weights: Sequence[str], backend: Backend, progress: Progress) -> dict[str, Any]:
+    """FFN up/gate scores of the matched layers (best expert pair for MoE), gains of the FFN norm folded."""
+    a, b, al = sides.a, sides.b, sides.al
     results: list[FfnLayerScore] = []
     total = len(layers) * len(weights)
     done = 0
@@ -478,10 +566,12 @@ def _score_ffn(
                 continue
             terms = {}
             for side, model in (("a", a), ("b", b)):
-                mats = read_ffn(model.source, model.view, model.view.layers[ls.index_a if side == "a" else ls.index_b], weight)
+                index = ls.index_a if side == "a" else ls.index_b
+                mats = read_ffn(model.source, model.view, model.view.layers[index], weight)
+                gain = sides.gains[side].get(index, "ffn")
                 model.source.release()
                 is_base = (side == "a") == (al.base == "a")
-                terms[side] = [(expert, backend.gram_terms(_aligned_samples(w, al, is_base))) for expert, w in mats]
+                terms[side] = [(expert, backend.gram_terms(_aligned_samples(w, al, is_base, gain))) for expert, w in mats]
                 del mats
             best: tuple[float, int | None, int | None] | None = None
             for ea, ta in terms["a"]:
@@ -534,6 +624,7 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
     z_inconclusive: float = stats.Z_INCONCLUSIVE,
     z_permutation: float = stats.Z_PERMUTATION,
     progress: Progress | None = None,
+    fold_norms: bool = True,
 ) -> PairResult:
     """Compare two opened models. See :func:`compare`."""
     progress = progress or _no_progress
@@ -546,7 +637,7 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
-    sides = _Sides(a, b, al)
+    sides = _Sides(a, b, al, fold_norms)
     la, lb = a.view.n_layers, b.view.n_layers
     if la == lb:
         layers = _score_same_depth(sides, la, backend, progress)
@@ -556,15 +647,16 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
         matching = {"method": "lap", "n_layers_a": la, "n_layers_b": lb, "score_matrix": full.round(6).tolist()}
     matching["pairs"] = [[s.index_a, s.index_b] for s in layers]
     ffn_kinds = [w for w in kinds if w in ("up", "gate")]
-    ffn = _score_ffn(a, b, al, layers, ffn_kinds, backend, progress) if ffn_kinds else None
+    ffn = _score_ffn(sides, layers, ffn_kinds, backend, progress) if ffn_kinds else None
+    summaries = {side: _model_record(side, model, sides.gains[side], fold_norms, notes) for side, model in (("a", a), ("b", b))}
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
     assessment = _assess(sides, layers, score, null_model, (z_related, z_inconclusive, z_permutation), progress)
     all_notes = notes
     return PairResult(
-        a=a.summary(),
-        b=b.summary(),
+        a=summaries["a"],
+        b=summaries["b"],
         score=score,
         score_q=score_q,
         score_k=score_k,
@@ -632,6 +724,31 @@ def _exact_permutation_sd(sides: _Sides, layers: Sequence[LayerScore], n: int, p
     return stats.permutation_sd(n, sims[0], sims[1])
 
 
+def _model_record(side: str, model: Model, gains: _Gains, fold_norms: bool, notes: list[str]) -> dict[str, Any]:
+    """The model's summary for the result, with its ``norms`` record; appends the norm notes to ``notes``."""
+    record = gains.record()
+    notes.extend(_norm_notes(side, model, record, fold_norms))
+    return {**model.summary(), "norms": record}
+
+
+def _norm_notes(side: str, model: Model, record: dict[str, Any], fold_norms: bool) -> list[str]:
+    """Notes for the result: gains not folded (off, or tensors missing) and zero gain entries."""
+    label = side.upper()
+    if not fold_norms:
+        return [f"{label}: norm gains not folded (fold_norms=False); Q/K scored as stored"]
+    notes = []
+    if record["missing_layers"]:
+        notes.append(
+            f"{label}: no {record['kind']} norm weight found for {len(record['missing_layers'])} of {model.view.n_layers} layer(s); "
+            "their Q/K are scored unfolded (gain 1)"
+        )
+    for name, zeros in record["zero_gain_entries"].items():
+        notes.append(
+            f"{label}: {zeros} zero gain(s) in {name}: those hidden dimensions are switched off for the layer's input and fold to zero"
+        )
+    return notes
+
+
 def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
     """Compare checkpoint ``a`` (the candidate base) with ``b`` (the suspect).
 
@@ -640,7 +757,9 @@ def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
     ``up``/``gate`` for FFN scores), ``align`` (``"vocab"`` or ``"ids"``),
     ``device`` (``auto``/``cpu``/``cuda``), ``null`` (name or file),
     ``min_shared_tokens``, ``z_related``, ``z_inconclusive``,
-    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`), ``progress``.
+    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`), ``progress``,
+    ``fold_norms`` (default ``True``: score ``W @ diag(gamma)`` with the gain
+    of the norm feeding each Q/K and FFN input; ``False`` scores weights as stored).
     """
     progress = options.get("progress")
     ffn = wants_ffn(options.get("weights", ()))

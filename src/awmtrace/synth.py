@@ -7,6 +7,11 @@ and writers save them as real checkpoints: a Hugging Face directory
 (``config.json``, ``tokenizer.json``, safetensors, optionally sharded and
 bf16) or a GGUF file (F32 or quantised, Q/K rows permuted the way llama.cpp's
 converter does for rope).
+
+Norm gains (RMSNorm weights feeding attention and the FFN) are all ones
+unless :func:`with_gains` plants heterogeneous ones; :func:`fold_gains` and
+:func:`awq_scale` move them into the next linear layers without changing the
+function, as quantisation toolchains do.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ __all__ = [
     "permute_hidden",
     "prune_width",
     "prune_depth",
+    "with_gains",
+    "fold_gains",
+    "awq_scale",
     "write_hf",
     "write_gguf",
     "byte_level_vocab",
@@ -65,10 +73,17 @@ class SynthModel:
     n_kv_heads: int
     head_dim: int
     tokens: list[str] = field(default_factory=list)
+    attn_norm: list[np.ndarray] = field(default_factory=list)  # (hidden,) gain feeding q/k/v per layer; empty: all ones
+    ffn_norm: list[np.ndarray] = field(default_factory=list)  # (hidden,) gain feeding gate/up per layer; empty: all ones
 
     @property
     def hidden(self) -> int:
         return int(self.embed.shape[1])
+
+    def gains(self, which: str) -> list[np.ndarray]:
+        """Per-layer effective gains (``which``: ``"attn"`` or ``"ffn"``), ones where none were planted."""
+        held = self.attn_norm if which == "attn" else self.ffn_norm
+        return list(held) if held else [np.ones(self.hidden, dtype=np.float32) for _ in range(self.n_layers)]
 
     @property
     def n_layers(self) -> int:
@@ -124,8 +139,8 @@ def random_llama(
     )
 
 
-def _map(m: SynthModel, fn_in: Any, fn_out: Any, fn_embed: Any) -> SynthModel:
-    """Apply ``fn_in`` to matrices reading the hidden state, ``fn_out`` to those writing it.
+def _map(m: SynthModel, fn_in: Any, fn_out: Any, fn_embed: Any, fn_gain: Any = lambda g: g) -> SynthModel:
+    """Apply ``fn_in`` to matrices reading the hidden state, ``fn_out`` to those writing it, ``fn_gain`` to norm gains.
 
     Results are made C-contiguous: fancy indexing can return Fortran-ordered
     arrays, and ``safetensors.numpy.save_file`` writes an array's memory as is.
@@ -133,6 +148,8 @@ def _map(m: SynthModel, fn_in: Any, fn_out: Any, fn_embed: Any) -> SynthModel:
     c = np.ascontiguousarray
     return replace(
         m,
+        attn_norm=[c(fn_gain(g)) for g in m.attn_norm],
+        ffn_norm=[c(fn_gain(g)) for g in m.ffn_norm],
         embed=c(fn_embed(m.embed)),
         q=[c(fn_in(w)) for w in m.q],
         k=[c(fn_in(w)) for w in m.k],
@@ -168,6 +185,8 @@ def permute_hidden(m: SynthModel, seed: int = 2, scale: float = 3.0) -> tuple[Sy
         lambda w: (w[:, perm] * signs[None, :]).astype(np.float32),
         lambda w: (w[perm, :] * signs[:, None]).astype(np.float32),
         lambda e: (e[:, perm] * signs[None, :] * np.float32(scale)).astype(np.float32),
+        # RMSNorm is invariant to the permutation, signs and scale of its input: gains only move with their dimension.
+        lambda g: g[perm],
     )
     return new, perm, signs
 
@@ -195,6 +214,8 @@ def prune_width(m: SynthModel, keep_fraction: float = 0.75, seed: int = 3) -> Sy
         gate=[np.ascontiguousarray(w[:, keep]) for w in m.gate],
         up=[np.ascontiguousarray(w[:, keep]) for w in m.up],
         down=[np.ascontiguousarray(w[keep]) for w in m.down],
+        attn_norm=[np.ascontiguousarray(g[keep]) for g in m.attn_norm],
+        ffn_norm=[np.ascontiguousarray(g[keep]) for g in m.ffn_norm],
         n_heads=len(q_heads),
         n_kv_heads=groups,
     )
@@ -211,12 +232,64 @@ def prune_depth(m: SynthModel, keep_layers: list[int]) -> SynthModel:
         gate=[m.gate[i] for i in keep_layers],
         up=[m.up[i] for i in keep_layers],
         down=[m.down[i] for i in keep_layers],
+        attn_norm=[m.attn_norm[i] for i in keep_layers] if m.attn_norm else [],
+        ffn_norm=[m.ffn_norm[i] for i in keep_layers] if m.ffn_norm else [],
     )
 
 
-def hf_tensors(m: SynthModel) -> dict[str, np.ndarray]:
-    """The model's tensors under Llama's Hugging Face names."""
+def _lognormal(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
+    """Positive per-dimension factors ``exp(N(0, spread))`` with a few 8x outliers, as trained LLM gains have."""
+    g = np.exp(rng.normal(0.0, spread, n)).astype(np.float32)
+    g[rng.choice(n, size=max(1, n // 64), replace=False)] *= np.float32(8.0)
+    return g
+
+
+def with_gains(m: SynthModel, spread: float = 1.0, seed: int = 4) -> SynthModel:
+    """Plant heterogeneous norm gains (log-normal, a few outliers) feeding attention and the FFN of every layer."""
+    rng = np.random.default_rng(seed)
+    return replace(
+        m,
+        attn_norm=[_lognormal(rng, m.hidden, spread) for _ in range(m.n_layers)],
+        ffn_norm=[_lognormal(rng, m.hidden, spread) for _ in range(m.n_layers)],
+    )
+
+
+def _rescale_inputs(m: SynthModel, factors: dict[str, list[np.ndarray]]) -> SynthModel:
+    """``W := W @ diag(s)`` for the matrices reading each norm's output, ``gain := gain / s``: the same function."""
+    ga, gf = m.gains("attn"), m.gains("ffn")
+    sa, sf = factors["attn"], factors["ffn"]
+
+    def cols(ws: list[np.ndarray], s: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.ascontiguousarray((w * f[None, :]).astype(np.float32)) for w, f in zip(ws, s, strict=True)]
+
+    return replace(
+        m,
+        q=cols(m.q, sa),
+        k=cols(m.k, sa),
+        v=cols(m.v, sa),
+        gate=cols(m.gate, sf),
+        up=cols(m.up, sf),
+        attn_norm=[(g / f).astype(np.float32) for g, f in zip(ga, sa, strict=True)],
+        ffn_norm=[(g / f).astype(np.float32) for g, f in zip(gf, sf, strict=True)],
+    )
+
+
+def fold_gains(m: SynthModel) -> SynthModel:
+    """Fold every norm gain into the next linear layers (``W := W @ diag(gain)``, ``gain := 1``), as QuaRot does first."""
+    return _rescale_inputs(m, {"attn": m.gains("attn"), "ffn": m.gains("ffn")})
+
+
+def awq_scale(m: SynthModel, spread: float = 1.0, seed: int = 5) -> SynthModel:
+    """AWQ/SmoothQuant-style per-channel scales ``s``: ``W := W @ diag(s)``, compensated in the norm (``gain := gain / s``)."""
+    rng = np.random.default_rng(seed)
+    factors = {w: [_lognormal(rng, m.hidden, spread) for _ in range(m.n_layers)] for w in ("attn", "ffn")}
+    return _rescale_inputs(m, factors)
+
+
+def hf_tensors(m: SynthModel, norm_offset: float = 0.0) -> dict[str, np.ndarray]:
+    """The model's tensors under Llama's Hugging Face names (norm weights stored as ``gain - norm_offset``)."""
     out: dict[str, np.ndarray] = {"model.embed_tokens.weight": m.embed}
+    ga, gf = m.gains("attn"), m.gains("ffn")
     for i in range(m.n_layers):
         p = f"model.layers.{i}."
         out[p + "self_attn.q_proj.weight"] = m.q[i]
@@ -226,10 +299,17 @@ def hf_tensors(m: SynthModel) -> dict[str, np.ndarray]:
         out[p + "mlp.gate_proj.weight"] = m.gate[i]
         out[p + "mlp.up_proj.weight"] = m.up[i]
         out[p + "mlp.down_proj.weight"] = m.down[i]
-        out[p + "input_layernorm.weight"] = np.ones(m.hidden, dtype=np.float32)
-        out[p + "post_attention_layernorm.weight"] = np.ones(m.hidden, dtype=np.float32)
-    out["model.norm.weight"] = np.ones(m.hidden, dtype=np.float32)
+        out[p + "input_layernorm.weight"] = ga[i] - np.float32(norm_offset)
+        out[p + "post_attention_layernorm.weight"] = gf[i] - np.float32(norm_offset)
+    out["model.norm.weight"] = np.ones(m.hidden, dtype=np.float32) - np.float32(norm_offset)
     return out
+
+
+_HF_FAMILIES = {
+    "llama": (["LlamaForCausalLM"], "llama"),
+    "qwen2": (["Qwen2ForCausalLM"], "qwen2"),
+    "gemma": (["GemmaForCausalLM"], "gemma"),
+}
 
 
 def write_tokenizer_json(tokens: list[str], path: Path) -> None:
@@ -250,19 +330,33 @@ def write_hf(
     shards: int = 1,
     tokenizer: bool = True,
     extra_tensors: dict[str, np.ndarray] | None = None,
+    family: str = "llama",
 ) -> Path:
-    """Save as a Hugging Face directory: ``config.json``, ``tokenizer.json``, safetensors (sharded with an index when ``shards > 1``)."""
+    """Save as a Hugging Face directory: ``config.json``, ``tokenizer.json``, safetensors (sharded with an index when ``shards > 1``).
+
+    ``family``: ``llama``; ``qwen2`` (adds Q/K/V biases); ``gemma`` (norm
+    weights stored as ``gain - 1``, as GemmaRMSNorm reads ``1 + weight``).
+    """
     import ml_dtypes
     from safetensors.numpy import save_file
 
+    if family not in _HF_FAMILIES:
+        raise ValueError(f"family must be one of {sorted(_HF_FAMILIES)}, got {family!r}")
     folder.mkdir(parents=True, exist_ok=True)
     cfg = m.config()
+    cfg["architectures"], cfg["model_type"] = _HF_FAMILIES[family]
     cfg["torch_dtype"] = dtype
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     if tokenizer:
         write_tokenizer_json(m.tokens, folder / "tokenizer.json")
     np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
-    tensors = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in hf_tensors(m).items()}
+    held = hf_tensors(m, norm_offset=1.0 if family == "gemma" else 0.0)
+    if family == "qwen2":
+        rng = np.random.default_rng(m.n_layers)
+        for i in range(m.n_layers):
+            for proj, w in (("q", m.q[i]), ("k", m.k[i]), ("v", m.v[i])):
+                held[f"model.layers.{i}.self_attn.{proj}_proj.bias"] = rng.standard_normal((w.shape[0],), dtype=np.float32)
+    tensors = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in held.items()}
     for k, v in (extra_tensors or {}).items():
         tensors[k] = np.ascontiguousarray(v)
     if shards <= 1:
@@ -290,13 +384,17 @@ def _rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, d_out // n_head // 2, d_in).swapaxes(1, 2).reshape(d_out, d_in)
 
 
-def write_gguf(m: SynthModel, path: Path, qtype: str = "F32") -> Path:
-    """Save as a GGUF file (``qtype`` ``F32``, ``F16`` or any type ``gguf.quants.quantize`` supports)."""
+def write_gguf(m: SynthModel, path: Path, qtype: str = "F32", arch: str = "llama") -> Path:
+    """Save as a GGUF file (``qtype`` ``F32``, ``F16`` or any type ``gguf.quants.quantize`` supports).
+
+    Norm weights hold the effective gains (llama.cpp's converter adds Gemma's
+    1); ``arch`` ``llama`` rope-permutes Q/K rows as the Llama converter does.
+    """
     import gguf
     from gguf.quants import quantize
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(m.n_layers)
     w.add_context_length(256)
     w.add_embedding_length(m.hidden)
@@ -320,16 +418,18 @@ def write_gguf(m: SynthModel, path: Path, qtype: str = "F32") -> Path:
             w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
 
     add("token_embd.weight", m.embed)
+    ga, gf = m.gains("attn"), m.gains("ffn")
     for i in range(m.n_layers):
-        add(f"blk.{i}.attn_q.weight", _rope_permute(m.q[i], m.n_heads))
-        add(f"blk.{i}.attn_k.weight", _rope_permute(m.k[i], m.n_kv_heads))
+        rope = arch == "llama"
+        add(f"blk.{i}.attn_q.weight", _rope_permute(m.q[i], m.n_heads) if rope else m.q[i])
+        add(f"blk.{i}.attn_k.weight", _rope_permute(m.k[i], m.n_kv_heads) if rope else m.k[i])
         add(f"blk.{i}.attn_v.weight", m.v[i])
         add(f"blk.{i}.attn_output.weight", m.o[i])
         add(f"blk.{i}.ffn_gate.weight", m.gate[i])
         add(f"blk.{i}.ffn_up.weight", m.up[i])
         add(f"blk.{i}.ffn_down.weight", m.down[i])
-        add(f"blk.{i}.attn_norm.weight", np.ones(m.hidden, dtype=np.float32))
-        add(f"blk.{i}.ffn_norm.weight", np.ones(m.hidden, dtype=np.float32))
+        add(f"blk.{i}.attn_norm.weight", ga[i])
+        add(f"blk.{i}.ffn_norm.weight", gf[i])
     add("output_norm.weight", np.ones(m.hidden, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -54,6 +54,10 @@ class LayerRefs:
 
     ``up`` and ``gate`` hold one entry for a dense FFN and one per expert for
     MoE blocks (shared experts included, with ``expert`` set to ``-1``).
+    ``attn_norm`` / ``ffn_norm`` are the norm weights (gamma, ``(hidden,)``)
+    that feed Q/K and the FFN inputs; ``None`` when the family's norm has no
+    weight or the checkpoint lacks it. For post-LN models (BERT) they can be
+    another block's tensor, and parallel blocks can share one.
     """
 
     index: int
@@ -61,6 +65,8 @@ class LayerRefs:
     k: TensorRef
     up: tuple[TensorRef, ...] = ()
     gate: tuple[TensorRef, ...] = ()
+    attn_norm: TensorRef | None = None
+    ffn_norm: TensorRef | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class ModelView:
     tokenizer_source: str | None = None
     notes: tuple[str, ...] = ()
     family_reason: str = ""  # why this family was chosen (what the checkpoint declares)
+    norm_kind: str = "none"  # "rms" | "layer" | "none": the norm feeding attention (architectures.toml)
+    norm_offset: float = 0.0  # 1.0 where a stored weight w means the gain 1 + w (Gemma's HF checkpoints)
 
     def summary(self) -> dict[str, Any]:
         """The fields a report needs to say what was compared."""
@@ -98,6 +106,8 @@ class ModelView:
             "vocab_size": self.vocab_size,
             "tokenizer_source": self.tokenizer_source,
             "family_reason": self.family_reason,
+            "norm_kind": self.norm_kind,
+            "norm_offset": self.norm_offset,
             "notes": list(self.notes),
         }
 
@@ -110,6 +120,10 @@ class ModelView:
                 entry["up"] = [r.to_dict() for r in layer.up]
             if layer.gate:
                 entry["gate"] = [r.to_dict() for r in layer.gate]
+            for key in ("attn_norm", "ffn_norm"):
+                ref = getattr(layer, key)
+                if ref is not None:
+                    entry[key] = ref.to_dict()
             d["tensors"]["layers"].append(entry)
         return d
 

@@ -11,6 +11,11 @@ Names are resolved in this order, and every decision is recorded in the
    fused gate/up projections) come first, then ``gguf.TensorNameMap`` for the
    family's GGUF architecture.
 
+Norm weights (gamma) are found the same way; the family says which
+canonical norm roles feed attention and the FFN (``attn_norm``/``ffn_norm``,
+first one present wins), whether a post-LN block reads the previous block's
+output norm, and how the weight is stored (``norm_offset``: Gemma's ``1 + w``).
+
 The family is the one the checkpoint declares (config ``architectures`` /
 ``model_type``, nested text configs first, or GGUF ``general.architecture``);
 when several families share a declaration (ChatGLM-6B and ChatGLM2/3) each is
@@ -25,19 +30,16 @@ is ever dropped silently.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
-from gguf import MODEL_ARCH
 
-from awmtrace.arch.names import canonical_role, gguf_arch, gguf_role
-from awmtrace.arch.qkv import LAYOUTS, infer_head_dim, split_qkv
+from awmtrace.arch.names import canonical_role, gguf_role
+from awmtrace.arch.qkv import infer_head_dim, split_qkv
 from awmtrace.arch.sizes import check_sizes
-from awmtrace.errors import AwmError, MissingTensor, UnsupportedArchitecture
+from awmtrace.arch.table import NORM_ROLES, Example, Family, Pattern, Table, Variant, config_value, load_table
+from awmtrace.errors import AwmError, FormatError, MissingTensor, NumericalError, UnsupportedArchitecture
 from awmtrace.io.base import TensorSource
 from awmtrace.types import LayerRefs, ModelView, TensorRef
 
@@ -51,11 +53,9 @@ __all__ = [
     "load_table",
     "read_attention",
     "read_ffn",
+    "read_norm",
     "resolve",
 ]
-
-PATTERN_ROLES = ("token_embd", "attn_q", "attn_k", "attn_qkv", "ffn_up", "ffn_gate", "ffn_gate_up")
-GATE_UP_ORDERS = ("gate_up", "up_gate")
 
 # gguf roles of FFN input projections: role -> (weight, expert). GGUF stacks routed experts in one
 # 3-D tensor (``*_exps``), which read_ffn expands; shared experts are recorded as expert -1.
@@ -67,169 +67,6 @@ _GGUF_FFN_ROLES: dict[str, tuple[str, int | None]] = {
     "ffn_up_exps": ("up", None),
     "ffn_gate_exps": ("gate", None),
 }
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """One ``tensors`` entry of a family: a name template and what it is."""
-
-    template: str
-    regex: re.Pattern[str]
-    role: str
-    layout: str | None = None
-    transposed: bool = False
-    order: str | None = None  # ffn_gate_up: which half comes first
-    shared_expert: bool = False
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A config-dependent QKV layout / KV head count; applies when every ``when`` key equals the config's value."""
-
-    when: dict[str, Any]
-    qkv_layout: str | None = None
-    n_kv_heads: int | str | None = None  # an integer, or "n_heads"
-    n_kv_heads_keys: tuple[str, ...] = ()
-    why: str = ""
-
-    def matches(self, config: dict[str, Any]) -> bool:
-        return all(config_value(config, [key]) == value for key, value in self.when.items())
-
-
-@dataclass(frozen=True)
-class Example:
-    """A minimal real checkpoint of a family: its config and every tensor name (``{bid}``/``{xid}`` templates)."""
-
-    id: str
-    config: dict[str, Any]
-    tensors: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    gguf_arch: MODEL_ARCH
-    architectures: tuple[str, ...]
-    model_types: tuple[str, ...]
-    gguf_names: tuple[str, ...]
-    qkv_layout: str | None
-    gguf_qkv_layout: str | None
-    hf_transposed: frozenset[str]
-    prefix_rewrites: tuple[tuple[str, str], ...]
-    patterns: tuple[Pattern, ...]
-    variants: tuple[Variant, ...]
-    source: str
-    examples: tuple[Example, ...] = ()
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def example_config(self) -> dict[str, Any]:
-        return self.examples[0].config if self.examples else {}
-
-    @property
-    def example_tensors(self) -> tuple[str, ...]:
-        return self.examples[0].tensors if self.examples else ()
-
-    def variant(self, config: dict[str, Any]) -> Variant | None:
-        return next((v for v in self.variants if v.matches(config)), None)
-
-
-@dataclass(frozen=True)
-class Table:
-    defaults: dict[str, Any]
-    families: dict[str, Family]
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    escaped = re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)").replace(r"\{xid\}", r"(?P<xid>\d+)")
-    return re.compile(f"^{escaped}$")
-
-
-def _bad_table(name: str, what: str) -> ValueError:
-    return ValueError(f"architectures.toml [families.{name}]: {what}")
-
-
-def _parse_pattern(name: str, p: dict[str, Any]) -> Pattern:
-    role = p.get("role")
-    if role not in PATTERN_ROLES:
-        raise _bad_table(name, f"pattern {p.get('pattern')!r} has role {role!r}; expected one of {PATTERN_ROLES}")
-    layout = p.get("layout")
-    if layout is not None and layout not in LAYOUTS:
-        raise _bad_table(name, f"unknown layout {layout!r}")
-    order = p.get("order")
-    if (role == "ffn_gate_up") != (order in GATE_UP_ORDERS):
-        raise _bad_table(name, f"pattern {p['pattern']!r}: ffn_gate_up needs order = one of {GATE_UP_ORDERS}")
-    return Pattern(
-        template=p["pattern"],
-        regex=_compile(p["pattern"]),
-        role=role,
-        layout=layout,
-        transposed=bool(p.get("transposed", False)),
-        order=order,
-        shared_expert=bool(p.get("shared_expert", False)),
-    )
-
-
-def _parse_variant(name: str, v: dict[str, Any]) -> Variant:
-    layout = v.get("qkv_layout")
-    if layout is not None and layout not in LAYOUTS:
-        raise _bad_table(name, f"variant has unknown qkv_layout {layout!r}")
-    nkv = v.get("n_kv_heads")
-    if nkv is not None and not (isinstance(nkv, int) or nkv == "n_heads"):
-        raise _bad_table(name, f"variant n_kv_heads must be an integer or 'n_heads', got {nkv!r}")
-    return Variant(
-        when=dict(v.get("when", {})),
-        qkv_layout=layout,
-        n_kv_heads=nkv,
-        n_kv_heads_keys=tuple(v.get("n_kv_heads_keys", ())),
-        why=v.get("why", ""),
-    )
-
-
-@lru_cache(maxsize=1)
-def load_table() -> Table:
-    """Parse ``architectures.toml`` (cached); a malformed entry is a ``ValueError`` naming it."""
-    text = (resources.files("awmtrace.arch") / "architectures.toml").read_text(encoding="utf-8")
-    data = tomllib.loads(text)
-    families: dict[str, Family] = {}
-    for name, entry in data.get("families", {}).items():
-        for key in ("qkv_layout", "gguf_qkv_layout"):
-            if entry.get(key) is not None and entry[key] not in LAYOUTS:
-                raise _bad_table(name, f"unknown {key} {entry[key]!r}")
-        families[name] = Family(
-            name=name,
-            gguf_arch=gguf_arch(entry["gguf_arch"]),
-            architectures=tuple(entry.get("architectures", ())),
-            model_types=tuple(entry.get("model_types", ())),
-            gguf_names=tuple(entry.get("gguf_names", ())),
-            qkv_layout=entry.get("qkv_layout"),
-            gguf_qkv_layout=entry.get("gguf_qkv_layout"),
-            hf_transposed=frozenset(entry.get("hf_transposed", ())),
-            prefix_rewrites=tuple((str(a), str(b)) for a, b in entry.get("prefix_rewrites", ())),
-            patterns=tuple(_parse_pattern(name, p) for p in entry.get("tensors", [])),
-            variants=tuple(_parse_variant(name, v) for v in entry.get("variants", [])),
-            source=entry.get("source", ""),
-            examples=tuple(
-                Example(id=str(e["id"]), config=dict(e.get("config", {})), tensors=tuple(e.get("tensors", ())))
-                for e in entry.get("examples", [])
-            ),
-            raw=entry,
-        )
-    return Table(defaults=data.get("defaults", {}), families=families)
-
-
-def config_value(config: dict[str, Any], keys: list[str] | tuple[str, ...]) -> Any:
-    """First present key (dotted keys look into nested objects) or ``None``."""
-    for key in keys:
-        node: Any = config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                node = None
-                break
-            node = node[part]
-        if node is not None:
-            return node
-    return None
 
 
 def _text_config(config: dict[str, Any], table: Table) -> dict[str, Any]:
@@ -299,9 +136,11 @@ class _Found:
     k: dict[int, TensorRef] = field(default_factory=dict)
     qkv: dict[int, _Fused] = field(default_factory=dict)
     ffn: dict[int, dict[str, list[TensorRef]]] = field(default_factory=dict)
+    norms: dict[int | None, dict[str, TensorRef]] = field(default_factory=dict)  # block (None: global) -> role -> ref
     by_block: dict[int, list[str]] = field(default_factory=dict)
     claims: dict[tuple[Any, ...], str] = field(default_factory=dict)
     ffn_ambiguous: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
+    norm_ambiguous: dict[tuple[str, int | None], tuple[str, str]] = field(default_factory=dict)
     ignored: int = 0
     recognised: int = 0
     problems: list[AwmError] = field(default_factory=list)
@@ -315,6 +154,9 @@ class _Found:
         other = self.claims.setdefault(key, name)
         if other != name and key[0] == "ffn":
             self.ffn_ambiguous.setdefault((key[2], key[1]), (other, name))
+            return False
+        if other != name and key[0] == "norm":
+            self.norm_ambiguous.setdefault((key[1], key[2]), (other, name))
             return False
         if other != name:
             self.problems.append(
@@ -348,102 +190,163 @@ def _spellings(name: str, rewrites: list[tuple[str, str]]) -> list[tuple[str, st
     return out
 
 
-def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant | None) -> _Found:  # noqa: C901, PLR0915 - one pass over the names; to be split
+@dataclass(frozen=True)
+class _Hit:
+    """What one tensor name was recognised as, by a table pattern or gguf's names."""
+
+    name: str
+    role: str
+    bid: int | None
+    how: str
+    by_gguf: bool  # gguf's name map or a GGUF canonical name (not a table pattern)
+    xid: int | None = None
+    layout: str | None = None
+    transposed: bool = False
+    order: str | None = None
+    shared: bool = False
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What classifying the names of one checkpoint against one family needs."""
+
+    fam: Family
+    where: str
+    is_gguf: bool
+    n_blocks: int
+    rewrites: list[tuple[str, str]]
+    hf_layout: str | None  # the QKV layout of Hugging Face fused tensors (variant first)
+
+
+def _pattern_hit(name: str, pat: Pattern, m: re.Match[str], rewritten: str, fam: Family) -> _Hit:
+    groups = m.groupdict()
+    return _Hit(
+        name=name,
+        role=pat.role,
+        bid=int(groups["bid"]) if groups.get("bid") is not None else None,
+        xid=int(groups["xid"]) if groups.get("xid") is not None else None,
+        how=f"architectures.toml [{fam.name}] {pat.template}{rewritten}",
+        by_gguf=False,
+        layout=pat.layout,
+        transposed=pat.transposed,
+        order=pat.order,
+        shared=pat.shared_expert,
+    )
+
+
+def _recognise(name: str, ctx: _Context) -> _Hit | None:
+    """The first spelling of ``name`` that a family pattern, then gguf's names, resolve."""
+    fam = ctx.fam
+    for cand, rewritten in _spellings(name, ctx.rewrites):
+        for pat in fam.patterns:
+            m = pat.regex.match(cand)
+            if m:
+                return _pattern_hit(name, pat, m, rewritten, fam)
+        if ctx.is_gguf:
+            gguf_hit = gguf_role(cand)
+            if gguf_hit is not None:
+                return _Hit(name, gguf_hit[0], gguf_hit[1], "GGUF canonical name", True, xid=gguf_hit[2])
+            continue
+        hf_hit = canonical_role(cand, fam.gguf_arch, ctx.n_blocks)
+        if hf_hit is not None:
+            role, bid = hf_hit
+            how = f"gguf TensorNameMap({fam.gguf_arch.name}){rewritten}"
+            return _Hit(name, role, bid, how, True, transposed=role in fam.hf_transposed)
+    return None
+
+
+def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant | None) -> _Found:
     names = source.names()
+    ctx = _Context(
+        fam=fam,
+        where=str(source.path),
+        is_gguf=source.format == "gguf",
+        n_blocks=_n_blocks_hint(names),
+        rewrites=_rewrites(fam, table),
+        hf_layout=(variant.qkv_layout if variant is not None else None) or fam.qkv_layout,
+    )
     found = _Found()
-    where = str(source.path)
-    n_blocks = _n_blocks_hint(names)
     ignore = tuple(table.defaults.get("ignore_prefixes", []))
-    rewrites = _rewrites(fam, table)
-    is_gguf = source.format == "gguf"
-    hf_layout = (variant.qkv_layout if variant is not None else None) or fam.qkv_layout
     for name in names:
         if name.startswith(ignore):
             found.ignored += 1
             continue
-        hit: tuple[str, Any, Any, str] | None = None
-        for cand, rewritten in _spellings(name, rewrites):
-            for pat in fam.patterns:
-                m = pat.regex.match(cand)
-                if m:
-                    hit = ("pattern", pat, m, rewritten)
-                    break
-            if hit is None:
-                role = gguf_role(cand) if is_gguf else canonical_role(cand, fam.gguf_arch, n_blocks)
-                if role is not None:
-                    hit = ("gguf", role, None, rewritten)
-            if hit is not None:
-                break
+        hit = _recognise(name, ctx)
         if hit is None:
             m_bid = _BLOCK_NUMBER.search(name)
             if m_bid is not None:
                 found.by_block.setdefault(int(m_bid.group(1)), []).append(name)
             continue
-        kind, what, m, rewritten = hit
-        xid: int | None = None
-        order: str | None = None
-        shared = False
-        if kind == "pattern":
-            pat = what
-            groups = m.groupdict()
-            bid = int(groups["bid"]) if groups.get("bid") is not None else None
-            xid = int(groups["xid"]) if groups.get("xid") is not None else None
-            how = f"architectures.toml [{fam.name}] {pat.template}{rewritten}"
-            role, layout, transposed, order, shared = pat.role, pat.layout, pat.transposed, pat.order, pat.shared_expert
-        else:
-            role, bid = what[0], what[1]
-            xid = what[2] if len(what) > 2 else None
-            how = "GGUF canonical name" if is_gguf else f"gguf TensorNameMap({fam.gguf_arch.name}){rewritten}"
-            layout = None
-            transposed = (not is_gguf) and role in fam.hf_transposed
-        if bid is not None:
-            found.by_block.setdefault(bid, []).append(name)
-        if role == "token_embd" and bid is None:
-            found.recognised += 1
-            if found.claim(("token_embd",), name, where):
-                found.embedding = TensorRef(name=name, role="token_embd", how=how)
-        elif role in ("attn_q", "attn_k") and bid is not None:
-            found.recognised += 1
-            if found.claim((role, bid), name, where):
-                ref = TensorRef(name=name, role=f"blk.{bid}.{role}", how=how, transposed=transposed)
-                (found.q if role == "attn_q" else found.k)[bid] = ref
-        elif role == "attn_qkv" and bid is not None:
-            found.recognised += 1
-            if layout is None:
-                layout = fam.gguf_qkv_layout if is_gguf else hf_layout
-            if layout is None:
-                fmt = "GGUF files" if is_gguf else "Hugging Face checkpoints"
-                found.problems.append(
-                    UnsupportedArchitecture(
-                        f"{where}: fused QKV tensor {name!r}: architectures.toml gives no QKV layout for "
-                        f"{fmt} of family {fam.name!r}; refusing to guess how Q, K and V are packed"
-                    )
-                )
-            elif found.claim(("attn_qkv", bid), name, where):
-                found.qkv[bid] = _Fused(name, layout, transposed, how)
-        elif bid is not None and (role == "ffn_gate_up" or role in ("ffn_up", "ffn_gate") or role in _GGUF_FFN_ROLES):
-            found.recognised += 1
-            if role in _GGUF_FFN_ROLES and kind == "gguf":
-                weight, expert = _GGUF_FFN_ROLES[role]
-                expert = xid if xid is not None else expert
-            else:
-                weight, expert = role.removeprefix("ffn_"), (-1 if shared else xid)
-            parts = ("gate", "up") if weight == "gate_up" else (weight,)
-            for part in parts:
-                stacked = "exps" if role.endswith("_exps") else expert
-                if not found.claim(("ffn", part, bid, stacked), name, where):
-                    continue
-                ref = TensorRef(
-                    name=name,
-                    role=f"blk.{bid}.ffn_{part}",
-                    how=how,
-                    part=part if weight == "gate_up" else None,
-                    layout=order if weight == "gate_up" else None,
-                    transposed=transposed,
-                    expert=expert,
-                )
-                found.ffn.setdefault(bid, {}).setdefault(part, []).append(ref)
+        if hit.bid is not None:
+            found.by_block.setdefault(hit.bid, []).append(name)
+        _record(found, hit, ctx)
     return found
+
+
+def _is_ffn_role(role: str) -> bool:
+    return role == "ffn_gate_up" or role in ("ffn_up", "ffn_gate") or role in _GGUF_FFN_ROLES
+
+
+def _record(found: _Found, hit: _Hit, ctx: _Context) -> None:
+    """File a recognised tensor under its role (claims catch two tensors for one role)."""
+    role, bid, name, where = hit.role, hit.bid, hit.name, ctx.where
+    if role == "token_embd" and bid is None:
+        found.recognised += 1
+        if found.claim(("token_embd",), name, where):
+            found.embedding = TensorRef(name=name, role="token_embd", how=hit.how)
+    elif role in ("attn_q", "attn_k") and bid is not None:
+        found.recognised += 1
+        if found.claim((role, bid), name, where):
+            ref = TensorRef(name=name, role=f"blk.{bid}.{role}", how=hit.how, transposed=hit.transposed)
+            (found.q if role == "attn_q" else found.k)[bid] = ref
+    elif role == "attn_qkv" and bid is not None:
+        found.recognised += 1
+        _record_qkv(found, hit, bid, ctx)
+    elif role in NORM_ROLES and (bid is None) == (role == "token_embd_norm"):
+        # Norm weights do not count as recognised: they never decide which family fits.
+        if found.claim(("norm", role, bid), name, where):
+            found.norms.setdefault(bid, {})[role] = TensorRef(name=name, role=f"blk.{bid}.{role}" if bid is not None else role, how=hit.how)
+    elif bid is not None and _is_ffn_role(role):
+        found.recognised += 1
+        _record_ffn(found, hit, bid, where)
+
+
+def _record_qkv(found: _Found, hit: _Hit, bid: int, ctx: _Context) -> None:
+    layout = hit.layout or (ctx.fam.gguf_qkv_layout if ctx.is_gguf else ctx.hf_layout)
+    if layout is None:
+        fmt = "GGUF files" if ctx.is_gguf else "Hugging Face checkpoints"
+        found.problems.append(
+            UnsupportedArchitecture(
+                f"{ctx.where}: fused QKV tensor {hit.name!r}: architectures.toml gives no QKV layout for "
+                f"{fmt} of family {ctx.fam.name!r}; refusing to guess how Q, K and V are packed"
+            )
+        )
+    elif found.claim(("attn_qkv", bid), hit.name, ctx.where):
+        found.qkv[bid] = _Fused(hit.name, layout, hit.transposed, hit.how)
+
+
+def _record_ffn(found: _Found, hit: _Hit, bid: int, where: str) -> None:
+    role = hit.role
+    if role in _GGUF_FFN_ROLES and hit.by_gguf:
+        weight, expert = _GGUF_FFN_ROLES[role]
+        expert = hit.xid if hit.xid is not None else expert
+    else:
+        weight, expert = role.removeprefix("ffn_"), (-1 if hit.shared else hit.xid)
+    fused = weight == "gate_up"
+    for part in ("gate", "up") if fused else (weight,):
+        stacked = "exps" if role.endswith("_exps") else expert
+        if not found.claim(("ffn", part, bid, stacked), hit.name, where):
+            continue
+        ref = TensorRef(
+            name=hit.name,
+            role=f"blk.{bid}.ffn_{part}",
+            how=hit.how,
+            part=part if fused else None,
+            layout=hit.order if fused else None,
+            transposed=hit.transposed,
+            expert=expert,
+        )
+        found.ffn.setdefault(bid, {}).setdefault(part, []).append(ref)
 
 
 def _as_int(v: Any) -> int | None:
@@ -546,98 +449,157 @@ def _fail(exc: AwmError, found: _Found) -> AwmError:
     return exc
 
 
-def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:  # noqa: C901, PLR0915 - one pass over the config; to be split
-    where = str(source.path)
+def _size_keys(table: Table) -> list[str]:
+    """Config keys holding layer, hidden and head counts, each checked to be a positive whole number."""
+    groups = ("n_layers_keys", "n_heads_keys", "n_kv_heads_keys", "head_dim_keys")
+    keys = [k for group in groups for k in table.defaults.get(group, [])]
+    return [*keys, "hidden_size", "n_embd", "d_model", "vocab_size"]
+
+
+def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:
+    """The view of ``source`` as family ``fam``; raises (with how much was recognised) when it does not fit."""
     variant = fam.variant(config) if source.format != "gguf" else None
     found = _classify(source, fam, table, variant)
     if found.problems:
         raise _fail(found.problems[0], found)
+    embedding, vocab_rows, hidden = _embedding(source, fam, found)
+    check_sizes(source, config, _size_keys(table), (vocab_rows, hidden))
+    n_layers, n_layers_cfg = _layer_count(source, config, table, fam, found)
+    notes = _drop_ambiguous_ffn(found)
+    heads = _heads(source, config, table, variant)
+    layers, hd = _layer_refs(source, fam, table, found, heads, n_layers)
+    _check_input_sizes(source, layers, hidden, found)
+    hd, nkv = _heads_from_shapes(source, layers[0], heads, hd, hidden, notes)
+    layers, norm_notes = _attach_norms(fam, found, layers)
+    notes.extend(norm_notes)
+    all_notes: list[str] = []
+    if variant is not None and variant.why and any(layer.q.part is not None for layer in layers):
+        all_notes.append(f"{fam.name}: {variant.why}")
+    all_notes.extend(notes)
+    if found.ignored:
+        all_notes.append(f"{found.ignored} tensor(s) of vision/audio towers or projectors ignored")
+    if n_layers_cfg is not None and n_layers_cfg != n_layers:
+        all_notes.append(f"config says {n_layers_cfg} layers, the checkpoint has {n_layers}")
+    return ModelView(
+        path=str(source.path),
+        format=source.format,
+        architecture=display,
+        family=fam.name,
+        hidden_size=hidden,
+        n_layers=n_layers,
+        n_heads=heads.n_heads,
+        n_kv_heads=nkv,
+        head_dim=hd,
+        vocab_size=vocab_rows,
+        embedding=embedding,
+        layers=tuple(layers),
+        notes=tuple(all_notes),
+        family_reason=f"the {why}" if why else "",
+        norm_kind=fam.norm_kind,
+        # llama.cpp's converters add Gemma's 1 to the stored norm weights, so GGUF files need no offset.
+        norm_offset=fam.norm_offset if source.format != "gguf" else 0.0,
+    )
+
+
+def _embedding(source: TensorSource, fam: Family, found: _Found) -> tuple[TensorRef, int, int]:
+    """The token embedding and its ``(vocab rows, hidden size)``."""
+    where = str(source.path)
     if found.embedding is None:
         expected = fam.example_tensors[0] if fam.example_tensors else "token_embd.weight"
-        raise _fail(
-            MissingTensor(f"{where}: no token embedding found for family {fam.name!r} (expected e.g. {expected})"),
-            found,
-        )
-    emb_shape = source.shape(found.embedding.name)
-    if len(emb_shape) != 2:
-        raise _fail(
-            MissingTensor(f"{where}: token embedding {found.embedding.name!r} has shape {emb_shape}, expected 2-D"),
-            found,
-        )
-    vocab_rows, hidden = emb_shape
-    size_keys = ("n_layers_keys", "hidden_keys", "n_heads_keys", "n_kv_heads_keys", "head_dim_keys")
-    check_sizes(source, config, [k for group in size_keys for k in table.defaults.get(group, [])] + ["vocab_size"], emb_shape)
+        raise _fail(MissingTensor(f"{where}: no token embedding found for family {fam.name!r} (expected e.g. {expected})"), found)
+    shape = source.shape(found.embedding.name)
+    if len(shape) != 2:
+        raise _fail(MissingTensor(f"{where}: token embedding {found.embedding.name!r} has shape {shape}, expected 2-D"), found)
+    return found.embedding, int(shape[0]), int(shape[1])
+
+
+def _layer_count(source: TensorSource, config: dict[str, Any], table: Table, fam: Family, found: _Found) -> tuple[int, int | None]:
+    """Layers to resolve (the config's count when it promises more than the names show), and the config's count."""
     blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
-    n_layers_cfg = config_value(config, table.defaults.get("n_layers_keys", []))
+    declared = config_value(config, table.defaults.get("n_layers_keys", []))
     if source.format == "gguf":
-        n_layers_cfg = source.metadata.get(f"{source.metadata.get('general.architecture', '')}.block_count", n_layers_cfg)
-    n_layers_cfg = _as_int(n_layers_cfg)
+        declared = source.metadata.get(f"{source.metadata.get('general.architecture', '')}.block_count", declared)
+    n_layers_cfg = _as_int(declared)
     if not blocks:
         held = found.by_block.get(min(found.by_block), []) if found.by_block else []
         raise _fail(
             MissingTensor(
-                f"{where}: no attention Q/K tensors found for family {fam.name!r}"
+                f"{source.path}: no attention Q/K tensors found for family {fam.name!r}"
                 + (f"; the first layer holds: {', '.join(held)}" if held else "")
             ),
             found,
         )
     n_layers = max(blocks) + 1
-    if n_layers_cfg is not None and n_layers_cfg > n_layers:
-        n_layers = n_layers_cfg
-    notes: list[str] = []
+    return (max(n_layers, n_layers_cfg) if n_layers_cfg is not None else n_layers), n_layers_cfg
+
+
+def _drop_ambiguous_ffn(found: _Found) -> list[str]:
+    notes = []
     for (bid, part), (one, other) in sorted(found.ffn_ambiguous.items()):
         found.ffn.get(bid, {}).pop(part, None)
         notes.append(f"layer {bid}: {one} and {other} both look like its FFN {part} projection; no FFN {part} score there")
-    heads = _heads(source, config, table, variant)
-    nh, nkv, hd = heads.n_heads, heads.n_kv_heads, heads.head_dim
+    return notes
+
+
+def _layer_refs(
+    source: TensorSource, fam: Family, table: Table, found: _Found, heads: _Heads, n_layers: int
+) -> tuple[list[LayerRefs], int | None]:
+    """Q, K and FFN inputs of every layer, and the head size (a fused QKV tensor fixes it)."""
+    hd = heads.head_dim
     layers: list[LayerRefs] = []
     for bid in range(n_layers):
         if bid in found.q and bid in found.k:
             q, k = found.q[bid], found.k[bid]
         elif bid in found.qkv and not (bid in found.q or bid in found.k):
-            fused = found.qkv[bid]
-            if nh is None or nkv is None:
-                keys = ", ".join(table.defaults.get("n_heads_keys", []))
-                raise _fail(
-                    UnsupportedArchitecture(
-                        f"{where}: fused QKV tensor {fused.name!r} can only be cut with the head counts, but "
-                        f"the {'GGUF metadata' if source.format == 'gguf' else 'config'} gives none "
-                        f"(looked for {keys}); add them to config.json"
-                    ),
-                    found,
-                )
-            rows = _rows(source, fused.name, fused.transposed)
-            fused_hd = infer_head_dim(rows, nh, nkv, f"{where}: {fused.name}")
-            if hd is not None and hd != fused_hd:
-                raise _fail(
-                    UnsupportedArchitecture(
-                        f"{where}: fused QKV tensor {fused.name!r} has {rows} rows = (n_heads {nh} + 2 * n_kv_heads "
-                        f"{nkv}) * {fused_hd}, but the config says head_dim {hd}; the head counts do not fit"
-                    ),
-                    found,
-                )
-            hd = fused_hd
-            q = TensorRef(fused.name, f"blk.{bid}.attn_q", fused.how, part="q", layout=fused.layout, transposed=fused.transposed)
-            k = TensorRef(fused.name, f"blk.{bid}.attn_k", fused.how, part="k", layout=fused.layout, transposed=fused.transposed)
+            q, k, hd = _cut_fused(source, table, found, found.qkv[bid], bid, heads, hd)
         else:
             seen = found.by_block.get(bid, [])
             raise _fail(
                 MissingTensor(
-                    f"{where}: layer {bid} has no attention Q and K (separate or fused) for family "
+                    f"{source.path}: layer {bid} has no attention Q and K (separate or fused) for family "
                     f"{fam.name!r}; its tensors: {', '.join(seen) if seen else 'none'}"
                 ),
                 found,
             )
         ffn = found.ffn.get(bid, {})
-        layers.append(
-            LayerRefs(
-                index=bid,
-                q=q,
-                k=k,
-                up=tuple(sorted(ffn.get("up", []), key=_expert_order)),
-                gate=tuple(sorted(ffn.get("gate", []), key=_expert_order)),
-            )
+        up, gate = (tuple(sorted(ffn.get(w, []), key=_expert_order)) for w in ("up", "gate"))
+        layers.append(LayerRefs(index=bid, q=q, k=k, up=up, gate=gate))
+    return layers, hd
+
+
+def _cut_fused(
+    source: TensorSource, table: Table, found: _Found, fused: _Fused, bid: int, heads: _Heads, hd: int | None
+) -> tuple[TensorRef, TensorRef, int]:
+    """Q and K refs into a fused QKV tensor, and the head size its rows give with the head counts."""
+    where, nh, nkv = str(source.path), heads.n_heads, heads.n_kv_heads
+    if nh is None or nkv is None:
+        keys = ", ".join(table.defaults.get("n_heads_keys", []))
+        raise _fail(
+            UnsupportedArchitecture(
+                f"{where}: fused QKV tensor {fused.name!r} can only be cut with the head counts, but "
+                f"the {'GGUF metadata' if source.format == 'gguf' else 'config'} gives none "
+                f"(looked for {keys}); add them to config.json"
+            ),
+            found,
         )
+    rows = _rows(source, fused.name, fused.transposed)
+    fused_hd = infer_head_dim(rows, nh, nkv, f"{where}: {fused.name}")
+    if hd is not None and hd != fused_hd:
+        raise _fail(
+            UnsupportedArchitecture(
+                f"{where}: fused QKV tensor {fused.name!r} has {rows} rows = (n_heads {nh} + 2 * n_kv_heads "
+                f"{nkv}) * {fused_hd}, but the config says head_dim {hd}; the head counts do not fit"
+            ),
+            found,
+        )
+    q, k = (
+        TensorRef(fused.name, f"blk.{bid}.attn_{part}", fused.how, part=part, layout=fused.layout, transposed=fused.transposed)
+        for part in ("q", "k")
+    )
+    return q, k, fused_hd
+
+
+def _check_input_sizes(source: TensorSource, layers: list[LayerRefs], hidden: int, found: _Found) -> None:
     conv1d = " (Conv1D, stored transposed)"
     for layer in layers:
         for ref in (layer.q, layer.k):
@@ -646,18 +608,20 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
             if d_in != hidden:
                 raise _fail(
                     UnsupportedArchitecture(
-                        f"{where}: {ref.name} has shape {tuple(shape)}{conv1d if ref.transposed else ''}; "
+                        f"{source.path}: {ref.name} has shape {tuple(shape)}{conv1d if ref.transposed else ''}; "
                         f"its input size is not the embedding's hidden size {hidden}"
                     ),
                     found,
                 )
-    first = layers[0]
+
+
+def _heads_from_shapes(
+    source: TensorSource, first: LayerRefs, heads: _Heads, hd: int | None, hidden: int, notes: list[str]
+) -> tuple[int | None, int | None]:
+    """``(head_dim, n_kv_heads)``: separate Q and K give them by their rows (K's rows win over the config, noted)."""
+    nh, nkv = heads.n_heads, heads.n_kv_heads
     if first.q.part is None and nh:
-        # Separate Q and K: the head size and the KV head count follow from the shapes.
-        q_rows, k_rows = (
-            _rows(source, first.q.name, first.q.transposed),
-            _rows(source, first.k.name, first.k.transposed),
-        )
+        q_rows, k_rows = (_rows(source, ref.name, ref.transposed) for ref in (first.q, first.k))
         if hd is None and q_rows % nh == 0:
             hd = q_rows // nh
         if hd and k_rows % hd == 0:
@@ -669,30 +633,71 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
             nkv = shape_kv
     if hd is None and nh:
         hd = hidden // nh
-    all_notes: list[str] = []
-    if variant is not None and variant.why and any(layer.q.part is not None for layer in layers):
-        all_notes.append(f"{fam.name}: {variant.why}")
-    all_notes.extend(notes)
-    if found.ignored:
-        all_notes.append(f"{found.ignored} tensor(s) of vision/audio towers or projectors ignored")
-    if n_layers_cfg is not None and n_layers_cfg != n_layers:
-        all_notes.append(f"config says {n_layers_cfg} layers, the checkpoint has {n_layers}")
-    return ModelView(
-        path=where,
-        format=source.format,
-        architecture=display,
-        family=fam.name,
-        hidden_size=int(hidden),
-        n_layers=n_layers,
-        n_heads=nh,
-        n_kv_heads=nkv,
-        head_dim=hd,
-        vocab_size=int(vocab_rows),
-        embedding=found.embedding,
-        layers=tuple(layers),
-        notes=tuple(all_notes),
-        family_reason=f"the {why}" if why else "",
-    )
+    return hd, nkv
+
+
+def _first_norm(found: _Found, bid: int | None, roles: tuple[str, ...]) -> TensorRef | None:
+    held = found.norms.get(bid, {})
+    return next((held[r] for r in roles if r in held), None)
+
+
+def _attach_norms(fam: Family, found: _Found, layers: list[LayerRefs]) -> tuple[list[LayerRefs], list[str]]:
+    """Set each layer's ``attn_norm``/``ffn_norm`` from the family's roles; notes for ambiguous or missing ones.
+
+    Pre-LN: the block's own roles. Post-LN (BERT): attention reads the
+    previous block's output norm, block 0 the embedding norm. A parallel
+    block lists ``attn_norm`` among its FFN roles, so both share one tensor.
+    """
+    notes = []
+    for (role, bid), (one, other) in sorted(found.norm_ambiguous.items(), key=str):
+        found.norms.get(bid, {}).pop(role, None)
+        notes.append(f"{one} and {other} both look like {role} of layer {bid}; that norm is not folded")
+    if fam.norm_kind == "none":
+        return layers, notes
+    out = []
+    for layer in layers:
+        bid = layer.index
+        if fam.norm_placement == "post":
+            attn = _first_norm(found, None, ("token_embd_norm",)) if bid == 0 else _first_norm(found, bid - 1, fam.attn_norm)
+        else:
+            attn = _first_norm(found, bid, fam.attn_norm)
+        out.append(replace(layer, attn_norm=attn, ffn_norm=_first_norm(found, bid, fam.ffn_norm)))
+    missing = [layer.index for layer in out if layer.attn_norm is None]
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        notes.append(
+            f"family {fam.name!r} has {fam.norm_kind} norm gains, but no attention norm tensor was found for "
+            f"{len(missing)} layer(s) ({shown}); their Q/K are scored without folding a gain"
+        )
+    return out, notes
+
+
+def read_norm(source: TensorSource, view: ModelView, ref: TensorRef) -> np.ndarray:
+    """The effective gain of a norm: float32 ``(hidden,)``, ``view.norm_offset`` added.
+
+    Raises :class:`FormatError` for a shape other than ``(hidden,)`` and
+    :class:`NumericalError` for NaN/Inf or an all-zero gain (which would
+    zero the whole input of the layer). Single zero entries are accepted:
+    they switch that hidden dimension off for this layer's input, and the
+    folded ``W @ diag(gamma)`` says exactly that.
+    """
+    where = f"{source.path}: norm tensor {ref.name!r}"
+    shape = tuple(source.shape(ref.name))
+    if shape != (view.hidden_size,):
+        raise FormatError(
+            f"{where} has shape {shape}, expected ({view.hidden_size},) (one gain per hidden dimension); "
+            "the checkpoint is damaged or the tensor is not a norm weight. Pass fold_norms=False (--no-fold-norms) to score without it"
+        )
+    gain = np.asarray(source.read(ref.name), dtype=np.float32).reshape(-1)
+    if view.norm_offset:
+        gain = gain + np.float32(view.norm_offset)
+    bad = int(np.count_nonzero(~np.isfinite(gain)))
+    if bad:
+        raise NumericalError(f"{where}: {bad} NaN/Inf gain value(s); the checkpoint is damaged")
+    if not gain.any():
+        stored = f" (stored as -{view.norm_offset:g}: the gain is {view.norm_offset:g} + weight)" if view.norm_offset else ""
+        raise NumericalError(f"{where}: every gain is 0{stored}, so the layer's input would be zero; the checkpoint is damaged")
+    return gain
 
 
 def _matrix(source: TensorSource, view: ModelView, ref: TensorRef, cache: dict[str, np.ndarray]) -> np.ndarray:

@@ -195,6 +195,12 @@ _EXAMPLES = (
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a per-layer figure; .png, .svg or .pdf.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a self-contained HTML report.")
 @fail_on_option()
+@click.option(
+    "--fold-norms/--no-fold-norms",
+    default=True,
+    show_default=True,
+    help="Score Q/K (and FFN inputs) as W @ diag(gamma) with the gain of the norm feeding them.",
+)
 @quiet_option
 @friendly_errors
 def compare(  # noqa: PLR0913 - one parameter per click option
@@ -212,6 +218,7 @@ def compare(  # noqa: PLR0913 - one parameter per click option
     plot: Path | None,
     report: Path | None,
     fail_on: str | None,
+    fold_norms: bool,
     quiet: bool,
 ) -> None:
     """Score how likely B derives from A (each a directory, .safetensors, .gguf, .bin, or Hub id org/name[@rev])."""
@@ -234,6 +241,7 @@ def compare(  # noqa: PLR0913 - one parameter per click option
             z_related=z_related,
             z_inconclusive=z_inconclusive,
             progress=progress,
+            fold_norms=fold_norms,
         )
         if as_json or report is not None:
             with progress.stage("fingerprinting the tensors read (audit trail)"):

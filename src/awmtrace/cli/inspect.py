@@ -100,6 +100,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _norm_summary(d: dict[str, Any]) -> str:
+    """The norm kind, how its gain is stored, and which layers lack the tensor (their Q/K are scored unfolded)."""
+    kind = d.get("norm_kind", "none")
+    if kind == "none":
+        return "none (non-parametric, or not in front of Q/K): nothing to fold"
+    text = {"rms": "RMSNorm", "layer": "LayerNorm"}.get(kind, kind)
+    if d.get("norm_offset"):
+        text += f" (gain = {d['norm_offset']:g} + stored weight)"
+    missing = [layer["index"] for layer in d["tensors"]["layers"] if "attn_norm" not in layer]
+    text += "; its gain is folded into Q/K"
+    if missing:
+        text += f"; no norm tensor in layer(s) {', '.join(map(str, missing))} (scored unfolded)"
+    return text
+
+
 def _summary_table(path: str, d: dict[str, Any]) -> Any:
     t = table(show_header=False, title=escape(path))
     t.add_column(style="bold", no_wrap=True)
@@ -117,6 +132,7 @@ def _summary_table(path: str, d: dict[str, Any]) -> Any:
         ("n_kv_heads", fmt_value(d["n_kv_heads"], unstated)),
         ("head_dim", fmt_value(d["head_dim"], unstated)),
         ("vocab_size", f"{d['vocab_size']} embedding rows"),
+        ("norm", _norm_summary(d)),
         ("tokenizer", d["tokenizer_source"] or (d["tokenizer_error"] or "none found (use --align ids)")),
         ("tokens", fmt_value(d["n_tokens"], "none (no tokenizer)")),
         ("tensors in file", d["n_tensors_in_checkpoint"]),
