@@ -342,7 +342,7 @@ def run_suite(
     models_dir: str | Path | None = None,
     device: str = "auto",
     weights: str | Iterable[str] = ("q", "k"),
-    align: str = "vocab",
+    align: str = "auto",
     null: Any = None,
     min_shared_tokens: int | None = None,
     fetch: bool = True,
@@ -375,8 +375,10 @@ def run_suite(
     kinds = _parse_weights(weights)
     null_model, null_id = _null_identity(null)
     min_tokens = MIN_SHARED_TOKENS if min_shared_tokens is None else int(min_shared_tokens)
-    if align not in ("vocab", "ids"):
-        raise UsageError(f"align must be 'vocab' or 'ids', got {align!r}")
+    from awmtrace.pipeline import ALIGN_CHOICES
+
+    if align not in ALIGN_CHOICES:
+        raise UsageError(f"align must be one of {', '.join(ALIGN_CHOICES)}, got {align!r}")
     options = {"weights": list(kinds), "align": align, "min_shared_tokens": min_tokens, "null": null_id}
     ffn = wants_ffn(kinds)
     progress = progress or (lambda stage, done, total: None)

@@ -128,7 +128,8 @@ def pair_report_html(result: dict[str, Any]) -> str:
             ),
         ]
     )
-    caveats = "".join(f'<p class="caveat">{escape(c)}</p>' for c in null_caveats(result))
+    notes = set(result.get("notes") or [])
+    caveats = "".join(f'<p class="caveat">{escape(c)}</p>' for c in null_caveats(result) if c not in notes)
 
     base = "A" if al.get("base") == "a" else "B"
     align_rows = [
