@@ -242,7 +242,14 @@ def align_models(
         t_cost,
         t_choose,
         choice.method,
-        extra={"timings": {"read embeddings": t_read, "cost matrix": t_cost, "assignment": t_choose}},
+        extra={
+            "timings": {
+                "read embeddings": t_read,
+                "cost matrix": t_cost,
+                "assignment": t_choose - choice.decision_s,
+                "alignment decision": choice.decision_s,
+            }
+        },
     )
     return Alignment(
         index=choice.index,
