@@ -165,7 +165,8 @@ def test_extreme_embedding_values_give_the_same_alignment(scale: float) -> None:
     perm = rng.permutation(32)
     other = (-e[:, perm] + 0.1 * rng.standard_normal((1200, 32))).astype(np.float32)
     ref = _accumulate(e, other).cosines().copy()
-    huge = _accumulate(e * np.float32(scale), other)
+    # Both sides scaled: their products (1e60 or 1e-60) overflow or underflow float32.
+    huge = _accumulate(e * np.float32(scale), other * np.float32(scale))
     got = huge.cosines()
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -214,3 +214,15 @@ def test_ffn_scores_use_the_rotation(models: dict[str, Path]) -> None:
     r = compare(models["base"], models["rotated"], device="cpu", weights="q,k,up,gate")
     assert r.ffn is not None
     assert r.ffn["score_up"] > 0.999 and r.ffn["score_gate"] > 0.999
+
+
+@pytest.mark.parametrize("align", ["auto", "lap"])
+def test_embeddings_near_the_float32_limit_still_align(tmp_path: Path, align: str) -> None:
+    # Values of ~1e30 on both sides: every product overflows float32 unless the accumulator rescales.
+    base = synth.random_llama(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, seed=51)
+    perm, _, _ = synth.permute_hidden(base)
+    huge = replace(base, embed=base.embed * np.float32(5e31))
+    huge_perm = replace(perm, embed=perm.embed * np.float32(5e31))
+    r = compare(synth.write_hf(huge, tmp_path / "a"), synth.write_hf(huge_perm, tmp_path / "b"), device="cpu", align=align)
+    assert r.alignment["method"] == "lap"
+    assert r.score > 0.999 and r.alignment["quality"]["lap"] > 0.99
