@@ -63,7 +63,7 @@ MIN_SHARED_TOKENS = 256
 #: Weight kinds ``--weights`` accepts; ``up``/``gate`` are the FFN input projections.
 WEIGHTS = ("q", "k", "up", "gate")
 #: ``align`` values: how dimensions are aligned (``auto``, ``lap``, ``orthogonal``), or ``ids``
-#: (token rows matched by id, dimensions as in ``auto``). ``vocab`` is the pre-0.x spelling of ``auto``.
+#: (token rows matched by id, dimensions as in ``auto``). ``vocab``, the spelling from before ``auto`` existed, means ``auto``.
 ALIGN_CHOICES = ("auto", "lap", "orthogonal", "ids")
 #: Rows of the shared vocabulary converted to float32 at a time.
 EMBEDDING_BLOCK_ROWS = 4096
