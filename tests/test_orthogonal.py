@@ -226,3 +226,12 @@ def test_embeddings_near_the_float32_limit_still_align(tmp_path: Path, align: st
     r = compare(synth.write_hf(huge, tmp_path / "a"), synth.write_hf(huge_perm, tmp_path / "b"), device="cpu", align=align)
     assert r.alignment["method"] == "lap"
     assert r.score > 0.999 and r.alignment["quality"]["lap"] > 0.99
+
+
+def test_html_report_shows_the_alignment_caveat_once(models: dict[str, Path], tmp_path: Path) -> None:
+    from awmtrace.report.html import write_pair_report
+
+    r = compare(models["base"], models["rotated"], device="cpu").to_dict()
+    out = write_pair_report(r, tmp_path / "pair.html") or tmp_path / "pair.html"
+    html = Path(out).read_text(encoding="utf-8")
+    assert html.count("this score used the orthogonal alignment") == 1
