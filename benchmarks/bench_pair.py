@@ -8,7 +8,10 @@ reads are cold. Peak RSS is that process's ``ru_maxrss`` from ``wait4``.
 Implementations:
 
 * ``awmtrace``: ``awmtrace.pipeline.compare(A, B, device="cpu")`` in a child
-  Python process, with the stage times the pipeline logs at DEBUG level;
+  Python process (``--align auto``), with the stage times the pipeline logs at
+  DEBUG level; ``awmtrace-lap`` and ``awmtrace-orthogonal`` force that
+  alignment (``auto`` minus ``lap`` is what deciding costs; ``orthogonal``
+  is the price of the rotation path);
 * ``cli``: ``awm compare A B --json -q --device cpu`` as a user runs it;
 * ``baseline``: ``benchmarks/baseline_reference.py`` (a re-statement of the
   paper code's computational structure, see that file).
@@ -161,8 +164,9 @@ def measure(impl: str, a: Path, b: Path, timeout: float) -> dict:
 
 
 def _child_command(impl: str, a: str, b: str) -> list[str]:
-    if impl == "awmtrace":
-        return [sys.executable, __file__, "--child", a, b]
+    if impl in ("awmtrace", "awmtrace-auto", "awmtrace-lap", "awmtrace-orthogonal"):
+        align = impl.partition("-")[2] or "auto"
+        return [sys.executable, __file__, "--child", a, b, align]
     if impl == "cli":
         awm = shutil.which("awm") or str(Path(sys.executable).with_name("awm"))
         return [awm, "compare", a, b, "--json", "-q", "--device", "cpu"]
@@ -171,7 +175,7 @@ def _child_command(impl: str, a: str, b: str) -> list[str]:
     raise SystemExit(f"unknown impl {impl!r}")
 
 
-def child(a: str, b: str) -> int:
+def child(a: str, b: str, align: str = "auto") -> int:
     """Run the library comparison and print scores plus the pipeline's logged stage times."""
     timings: dict[str, float] = {}
     marks: list[tuple[str, float]] = []
@@ -192,7 +196,7 @@ def child(a: str, b: str) -> int:
 
     from awmtrace.pipeline import compare
 
-    result = compare(a, b, device="cpu", progress=progress)
+    result = compare(a, b, device="cpu", align=align, progress=progress)
     end = time.perf_counter() - t0
     stages = {}
     for (stage, start), nxt in zip(marks, [*marks[1:], ("end", end)], strict=True):
@@ -206,6 +210,7 @@ def child(a: str, b: str) -> int:
                 "z": result.z,
                 "verdict": result.verdict.label,
                 "n_sign_flips": result.alignment.get("n_sign_flips"),
+                "alignment": {k: result.alignment.get(k) for k in ("method", "requested", "reason", "quality")},
                 "elapsed_s": result.elapsed_s,
                 "progress_stages_s": {k: round(v, 2) for k, v in stages.items()},
                 "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -247,7 +252,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        return child(argv[1], argv[2])
+        return child(argv[1], argv[2], argv[3] if len(argv) > 3 else "auto")
     if argv and argv[0] == "--measure-one":
         impl, a, b = argv[1:4]
         timeout = float(argv[5]) if len(argv) > 5 else 3600.0
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Cold-cache wall time and peak RSS of AWM comparisons.")
     ap.add_argument("--shape", choices=sorted(SHAPE_DIRS), required=True)
     ap.add_argument("--pairs", default="derived,independent", help="which models to compare with the base")
-    ap.add_argument("--impl", default="awmtrace", help="comma-separated: awmtrace, cli, baseline")
+    ap.add_argument("--impl", default="awmtrace", help="comma-separated: awmtrace (auto), awmtrace-lap, awmtrace-orthogonal, cli, baseline")
     ap.add_argument("--checkpoints", type=Path, default=HERE / "checkpoints")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600.0)

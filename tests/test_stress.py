@@ -104,7 +104,6 @@ def test_invariances_awm_already_has_stay_related(report: StressReport) -> None:
     assert rows["vocab_extension"]["copy"]["vocab_size"] > 2048
 
 
-@pytest.mark.xfail(reason="needs rot+orth branches", strict=False)
 @pytest.mark.parametrize("name", ["gain_fold", "awq_scaling", "haar_rotation", "hadamard_rotation"])
 def test_gain_folds_and_rotations_score_related(report: StressReport, name: str) -> None:
     row = _by_name(report)[name]

@@ -33,6 +33,10 @@ __all__ = [
     "shipped_nulls",
     "is_cross_size",
     "null_caveats",
+    "alignment_method",
+    "null_alignment_methods",
+    "null_covers_alignment",
+    "alignment_caveat",
 ]
 
 DEFAULT_NULL = "paper"
@@ -166,6 +170,40 @@ def is_cross_size(result: dict[str, Any]) -> bool:
     return (None not in widths and widths[0] != widths[1]) or (None not in depths and depths[0] != depths[1])
 
 
+def alignment_method(result: dict[str, Any]) -> str:
+    """The dimension alignment a stored result used: ``"lap"`` or ``"orthogonal"``.
+
+    Results from before orthogonal alignment existed say ``"vocab"``/``"ids"`` there (how tokens were matched); they are LAP.
+    """
+    method = str((result.get("alignment") or {}).get("method", "lap"))
+    return "orthogonal" if method == "orthogonal" else "lap"
+
+
+def null_alignment_methods(null: dict[str, Any]) -> list[str]:
+    """Alignment methods the null's pairs were scored with (``null``: a ``NullModel.to_dict()``).
+
+    Nulls that do not say (the paper's, and files calibrated before this field existed) were all LAP-aligned.
+    """
+    methods = (null.get("provenance") or {}).get("alignment_methods")
+    if isinstance(methods, list) and methods:
+        return sorted({str(m) for m in methods})
+    return ["lap"]
+
+
+def null_covers_alignment(null: dict[str, Any], method: str) -> bool:
+    """Whether the null's pairs include scores made with this alignment ``method``."""
+    return method in null_alignment_methods(null)
+
+
+def alignment_caveat(null: dict[str, Any], method: str) -> str:
+    return (
+        f"this score used the {method} alignment, but the null '{null.get('name', '?')}' holds only "
+        f"{'/'.join(null_alignment_methods(null))}-aligned pairs: a fitted rotation raises independent pairs a little "
+        "(0.01-0.02 on real models), so read z with care, or calibrate a null from independent pairs scored with "
+        f"--align {method} (awm calibrate)"
+    )
+
+
 def calibrate_null(
     pairs: Iterable[Any],
     *,
@@ -203,6 +241,7 @@ def calibrate_null(
         lm = rec.result.get("layer_matching") or {}
         rows.append(
             {
+                "alignment": alignment_method(rec.result),
                 "suite": rec.suite,
                 "a": rec.name_a,
                 "b": rec.name_b,
@@ -241,6 +280,7 @@ def calibrate_null(
         "n_cross_size": len(cross),
         "cross_size_pairs": cross,
         "pairs_cover": "same-size and cross-size pairs" if cross else "same-size pairs only",
+        "alignment_methods": sorted({str(r["alignment"]) for r in rows}),
         "excluded": {"related": n_related, "repeated": n_seen - n_related - len(rows)},
         "pairs": rows,
         "notes": notes,
@@ -283,6 +323,9 @@ def null_caveats(result: dict[str, Any]) -> list[str]:
             f"score), but the null '{null.get('name', '?')}' holds no such pairs: read z with care, or calibrate a "
             "null that includes cross-size independent pairs (awm calibrate)"
         )
+    method = alignment_method(result)
+    if not null_covers_alignment(null, method):
+        out.append(alignment_caveat(null, method))
     z = result.get("z")
     n = null.get("n")
     if isinstance(z, int | float) and isinstance(n, int) and n > 0 and math.isfinite(z):

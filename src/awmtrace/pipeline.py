@@ -27,7 +27,7 @@ import numpy as np
 from awmtrace._version import __version__
 from awmtrace.arch.resolve import read_attention, read_ffn, read_norm, resolve
 from awmtrace.core import cka, stats
-from awmtrace.core.align import CosineAccumulator, assign_dimensions, match_layers
+from awmtrace.core.align import ALIGN_MODES, CosineAccumulator, choose_alignment, match_layers
 from awmtrace.core.backend import Backend, select_backend
 from awmtrace.errors import (
     AwmError,
@@ -39,7 +39,7 @@ from awmtrace.errors import (
 from awmtrace.io import TensorSource, hub, open_source
 from awmtrace.io.base import RawBuffer, RawLayout
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
-from awmtrace.nulls import load_null
+from awmtrace.nulls import alignment_caveat, load_null, null_covers_alignment
 from awmtrace.types import (
     Alignment,
     FfnLayerScore,
@@ -58,6 +58,7 @@ __all__ = [
     "Progress",
     "MIN_SHARED_TOKENS",
     "WEIGHTS",
+    "ALIGN_CHOICES",
 ]
 
 log = logging.getLogger("awmtrace")
@@ -66,6 +67,9 @@ log = logging.getLogger("awmtrace")
 MIN_SHARED_TOKENS = 256
 #: Weight kinds ``--weights`` accepts; ``up``/``gate`` are the FFN input projections.
 WEIGHTS = ("q", "k", "up", "gate")
+#: ``align`` values: how dimensions are aligned (``auto``, ``lap``, ``orthogonal``), or ``ids``
+#: (token rows matched by id, dimensions as in ``auto``). ``vocab``, the spelling from before ``auto`` existed, means ``auto``.
+ALIGN_CHOICES = ("auto", "lap", "orthogonal", "ids")
 #: Rows of the shared vocabulary converted to float32 at a time.
 EMBEDDING_BLOCK_ROWS = 4096
 #: float32 elements of a layer matrix converted (and gain-folded) at a time: 1 MiB, cache-sized.
@@ -156,17 +160,27 @@ def open_model(spec: str | Path, progress: Progress | None = None, *, ffn: bool 
     return Model(spec=str(spec), source=source, view=view, vocab=vocab, vocab_error=vocab_error)
 
 
-def _shared_ids(base: Model, other: Model, align: str, min_shared: int) -> tuple[np.ndarray, np.ndarray, str]:
-    rows_b, rows_o = base.view.vocab_size, other.view.vocab_size
+def _parse_align(align: str) -> tuple[str, str]:
+    """``align`` option -> (how token rows are matched, dimension-alignment mode)."""
+    align = "auto" if align == "vocab" else align  # the spelling before orthogonal alignment existed
+    if align not in ALIGN_CHOICES:
+        raise UsageError(f"align must be one of {', '.join(ALIGN_CHOICES)}, got {align!r}")
     if align == "ids":
+        return "ids", "auto"
+    assert align in ALIGN_MODES
+    return "vocab", align
+
+
+def _shared_ids(base: Model, other: Model, tokens: str, min_shared: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(ids_base, ids_other)`` of the shared tokens, matched by vocabulary (``tokens="vocab"``) or by id."""
+    rows_b, rows_o = base.view.vocab_size, other.view.vocab_size
+    if tokens == "ids":
         if rows_b != rows_o:
             raise UsageError(
                 f"--align ids needs embeddings with the same number of rows; {base.spec} has {rows_b}, {other.spec} has {rows_o}"
             )
         ids = np.arange(rows_b, dtype=np.int64)
-        return ids, ids, "ids"
-    if align != "vocab":
-        raise UsageError(f"align must be 'vocab' or 'ids', got {align!r}")
+        return ids, ids
     for m in (base, other):
         if m.vocab_error is not None:
             raise m.vocab_error
@@ -180,24 +194,37 @@ def _shared_ids(base: Model, other: Model, align: str, min_shared: int) -> tuple
     assert base.vocab is not None and other.vocab is not None
     ids_b, ids_o = shared_tokens(base.vocab, other.vocab, rows_b, rows_o)
     if ids_b.size < min_shared:
+        where = f"between {base.spec} ({base.vocab.source}) and {other.spec} ({other.vocab.source})"
+        if ids_b.size >= MIN_SHARED_TOKENS:
+            # Enough for the default: the limit the user raised refused it, not the tokenizers.
+            raise VocabularyError(
+                f"{ids_b.size} tokens are shared {where}, fewer than the --min-shared-tokens limit of {min_shared} "
+                f"(default {MIN_SHARED_TOKENS}); lower the limit to align on them"
+            )
         raise VocabularyError(
-            f"only {ids_b.size} tokens are shared between {base.spec} ({base.vocab.source}) and "
-            f"{other.spec} ({other.vocab.source}); at least {min_shared} are needed to align hidden dimensions. "
+            f"only {ids_b.size} tokens are shared {where}; at least {min_shared} are needed to align hidden dimensions. "
             "The models likely use unrelated tokenizers"
         )
-    return ids_b, ids_o, "vocab"
+    return ids_b, ids_o
 
 
 def align_models(
-    a: Model, b: Model, align: str = "vocab", min_shared_tokens: int = MIN_SHARED_TOKENS, progress: Progress | None = None
+    a: Model, b: Model, align: str = "auto", min_shared_tokens: int = MIN_SHARED_TOKENS, progress: Progress | None = None
 ) -> Alignment:
-    """Match hidden dimensions of ``b`` to ``a`` (or ``a`` to ``b`` when ``b`` is wider)."""
+    """Match hidden dimensions of ``b`` to ``a`` (or ``a`` to ``b`` when ``b`` is wider).
+
+    ``align``: ``auto`` (LAP unless the embeddings show a rotated copy, see
+    :func:`awmtrace.core.align.choose_alignment`), ``lap``, ``orthogonal``, or
+    ``ids`` (token rows matched by id, dimensions as in ``auto``).
+    """
     progress = progress or _no_progress
+    tokens, mode = _parse_align(align)
     base_side = "a" if a.view.hidden_size >= b.view.hidden_size else "b"
     base, other = (a, b) if base_side == "a" else (b, a)
-    ids_base, ids_other, method = _shared_ids(base, other, align, min_shared_tokens)
+    ids_base, ids_other = _shared_ids(base, other, tokens, min_shared_tokens)
     started = time.perf_counter()
-    acc = CosineAccumulator(base.view.hidden_size, other.view.hidden_size)
+    total = ids_base.size
+    acc = CosineAccumulator(base.view.hidden_size, other.view.hidden_size, total)
     # Both embeddings are read now; let the OS fetch the second (and then the
     # first layer, see below) while this process works on the first.
     other.source.prefetch([other.view.embedding.name])
@@ -208,7 +235,6 @@ def align_models(
             m.source.prefetch(_attention_names(m, 0))
     t_read = time.perf_counter() - started
     t_cost = 0.0
-    total = ids_base.size
     for start in range(0, total, EMBEDDING_BLOCK_ROWS):
         stop = min(start + EMBEDDING_BLOCK_ROWS, total)
         t0 = time.perf_counter()
@@ -224,25 +250,38 @@ def align_models(
     other.source.release()
     progress("solving hidden-dimension assignment", 0, 1)
     t0 = time.perf_counter()
-    index, signs, matched = assign_dimensions(acc.cosines())
-    t_lap = time.perf_counter() - t0
+    choice = choose_alignment(acc, mode)
+    t_choose = time.perf_counter() - t0
     progress("solving hidden-dimension assignment", 1, 1)
     log.debug(
-        "alignment: %.2f s reading embedding rows, %.2f s cosine matrix, %.2f s assignment",
+        "alignment: %.2f s reading embedding rows, %.2f s cosine matrix, %.2f s assignment and decision (%s)",
         t_read,
         t_cost,
-        t_lap,
-        extra={"timings": {"read embeddings": t_read, "cost matrix": t_cost, "assignment": t_lap}},
+        t_choose,
+        choice.method,
+        extra={
+            "timings": {
+                "read embeddings": t_read,
+                "cost matrix": t_cost,
+                "assignment": t_choose - choice.decision_s,
+                "alignment decision": choice.decision_s,
+            }
+        },
     )
     return Alignment(
-        index=index,
-        signs=signs,
-        cosines=matched,
+        index=choice.index,
+        signs=choice.signs,
+        cosines=choice.matched,
         base=base_side,
         hidden_size_a=a.view.hidden_size,
         hidden_size_b=b.view.hidden_size,
         n_shared_tokens=int(total),
-        method=method,
+        method=choice.method,
+        tokens=tokens,
+        rotation=choice.rotation,
+        quality={**choice.quality, "notes": list(choice.notes)} if choice.notes else dict(choice.quality),
+        reason=choice.reason,
+        requested=align,
     )
 
 
@@ -353,6 +392,10 @@ class _Sides:
         n_base = al.hidden_size_a if al.base == "a" else al.hidden_size_b
         self._gather = not (al.index.size == n_base and np.array_equal(al.index, np.arange(n_base)))
         self._flip = al.n_sign_flips > 0
+        self._rotation = al.rotation
+        if self._rotation is not None:
+            # Orthogonal alignment: the base's samples are rotated instead (see _align); no gather, no flips.
+            self._gather = self._flip = False
         self._sign_bits = np.where(al.signs < 0, 0x8000, 0).astype(np.uint16)
         self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
         self._raw: dict[tuple[str, str], RawBuffer] = {}
@@ -474,7 +517,18 @@ class _Sides:
         if not finite:
             bad = int(np.count_nonzero(~np.isfinite(x)))
             raise NumericalError(f"{where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
+        if is_base and self._rotation is not None:
+            x = self._rotate(side, role, x)
         return x.T
+
+    def _rotate(self, side: str, role: str, x: np.ndarray) -> np.ndarray:
+        """Orthogonal alignment: ``x`` ``(d_out, n_base)`` -> ``x @ rotation`` ``(d_out, n_other)``, i.e. samples ``rotation.T @ X_base``.
+
+        One GEMM per matrix into a reused C-ordered buffer, whose transpose is the Fortran-ordered view SYRK wants.
+        """
+        assert self._rotation is not None
+        out = self._buffer(("rot", side, role), (x.shape[0], self._rotation.shape[1]), np.float32)
+        return np.matmul(x, self._rotation, out=out)
 
 
 def _score_same_depth(sides: _Sides, n_layers: int, backend: Backend, progress: Progress) -> list[LayerScore]:
@@ -538,10 +592,13 @@ def _score_matched(sides: _Sides, la: int, lb: int, backend: Backend, progress: 
 def _aligned_samples(w: np.ndarray, al: Alignment, is_base: bool, gain: np.ndarray | None = None) -> np.ndarray:
     """``w``: float32 ``(d_out, hidden)`` -> aligned samples ``(n_other, d_out)``.
 
-    The gain is folded, the base's columns gathered and the other's signed (in place).
+    The gain is folded, the base's columns gathered and the other's signed (in place). With an orthogonal
+    alignment the base's samples are ``rotation.T @ w.T`` and the other's are used as they are.
     """
     if gain is not None:
         w *= gain[None, :]
+    if al.rotation is not None:
+        return (w @ al.rotation).T if is_base else w.T
     if is_base:
         if not (al.is_identity and al.index.size == w.shape[1]):
             w = np.take(w, al.index, axis=1)
@@ -616,7 +673,7 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
     b: Model,
     *,
     weights: str | Iterable[str] = ("q", "k"),
-    align: str = "vocab",
+    align: str = "auto",
     device: str = "auto",
     null: NullModel | str | Path | None = None,
     min_shared_tokens: int = MIN_SHARED_TOKENS,
@@ -637,6 +694,11 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
+    notes.extend(al.quality.get("notes", []))
+    null_info = null_model.to_dict()
+    null_info["covers_alignment"] = null_covers_alignment(null_info, al.method)
+    if not null_info["covers_alignment"]:
+        notes.append(alignment_caveat(null_info, al.method))
     sides = _Sides(a, b, al, fold_norms)
     la, lb = a.view.n_layers, b.view.n_layers
     if la == lb:
@@ -667,7 +729,7 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
         p_value=assessment.p_value,
         p_empirical=assessment.p_empirical,
         verdict=assessment.verdict,
-        null=null_model.to_dict(),
+        null=null_info,
         ffn=ffn,
         device=backend.name,
         elapsed_s=time.perf_counter() - started,
@@ -754,7 +816,8 @@ def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
 
     ``a``/``b``: a model directory, a ``.safetensors``/``.gguf``/``.bin`` file,
     or a Hub id ``org/name[@revision]``. Options: ``weights`` (``"q,k"``; add
-    ``up``/``gate`` for FFN scores), ``align`` (``"vocab"`` or ``"ids"``),
+    ``up``/``gate`` for FFN scores), ``align`` (``"auto"``, ``"lap"``,
+    ``"orthogonal"`` or ``"ids"``; see :func:`align_models`),
     ``device`` (``auto``/``cpu``/``cuda``), ``null`` (name or file),
     ``min_shared_tokens``, ``z_related``, ``z_inconclusive``,
     ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`), ``progress``,

@@ -133,9 +133,18 @@ class Alignment:
     """Hidden-dimension correspondence between two models.
 
     The model with the larger hidden size is the base (``base`` is ``"a"`` or
-    ``"b"``; ``"a"`` on ties). ``index[i]`` is the base dimension matched to
-    dimension ``i`` of the other model and ``signs[i]`` (+1/-1) the sign of
-    their cosine. Shapes: ``index``, ``signs``, ``cosines``: ``(n_other,)``.
+    ``"b"``; ``"a"`` on ties). ``method`` is ``"lap"`` (index + signs) or
+    ``"orthogonal"`` (``rotation``). For LAP, ``index[i]`` is the base dimension
+    matched to dimension ``i`` of the other model and ``signs[i]`` (+1/-1) the
+    sign of their cosine; shapes ``index``, ``signs``, ``cosines``: ``(n_other,)``
+    (they hold the LAP solution for either method, as evidence). ``rotation``:
+    float32 ``(n_base, n_other)`` with orthonormal columns such that
+    ``E_other ~ s * E_base @ rotation`` on the shared-token rows; when set, the
+    base model's samples ``X_base`` ``(n_base, d_out)`` are aligned as
+    ``rotation.T @ X_base`` and the other model's are used as they are.
+    ``tokens``: how token rows were matched (``"vocab"`` | ``"ids"``).
+    ``quality``: the alignment evidence (see :func:`awmtrace.core.align.choose_alignment`),
+    ``reason``: the rule that chose ``method``; ``requested``: the ``align`` option.
     """
 
     index: np.ndarray
@@ -145,7 +154,12 @@ class Alignment:
     hidden_size_a: int
     hidden_size_b: int
     n_shared_tokens: int
-    method: str  # "vocab" | "ids"
+    method: str = "lap"  # "lap" | "orthogonal"
+    tokens: str = "vocab"  # "vocab" | "ids"
+    rotation: np.ndarray | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    requested: str = "auto"
 
     @property
     def n_sign_flips(self) -> int:
@@ -153,15 +167,22 @@ class Alignment:
 
     @property
     def is_identity(self) -> bool:
+        if self.rotation is not None:
+            return False
         return bool(np.array_equal(self.index, np.arange(self.index.size)) and self.n_sign_flips == 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
+            "tokens": self.tokens,
+            "requested": self.requested,
+            "reason": self.reason,
+            "quality": dict(self.quality),
             "base": self.base,
             "hidden_size_a": self.hidden_size_a,
             "hidden_size_b": self.hidden_size_b,
             "n_shared_tokens": self.n_shared_tokens,
+            # LAP figures describe the LAP solution (the one applied unless method is "orthogonal").
             "n_sign_flips": self.n_sign_flips,
             "identity": self.is_identity,
             "mean_abs_cosine": float(np.mean(np.abs(self.cosines))) if self.cosines.size else float("nan"),

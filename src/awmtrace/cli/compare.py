@@ -31,7 +31,7 @@ from awmtrace.cli.common import (
     write_output,
 )
 from awmtrace.core.stats import Z_INCONCLUSIVE, Z_RELATED
-from awmtrace.pipeline import MIN_SHARED_TOKENS, compare_models, open_model, wants_ffn
+from awmtrace.pipeline import ALIGN_CHOICES, MIN_SHARED_TOKENS, compare_models, open_model, wants_ffn
 from awmtrace.report.text import fmt_num, fmt_p, fmt_value
 
 VERDICT_STYLE = {"related": "bold red", "inconclusive": "bold yellow", "independent": "bold green"}
@@ -85,7 +85,14 @@ def _score_table(result: dict[str, Any]) -> Any:
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
     base = "A" if al["base"] == "a" else "B"
-    align = f"{al['n_shared_tokens']} shared tokens" if al["method"] == "vocab" else f"token ids ({al['n_shared_tokens']} rows)"
+    tokens = al.get("tokens", "ids" if al["method"] == "ids" else "vocab")
+    align = f"{al['n_shared_tokens']} shared tokens" if tokens == "vocab" else f"token ids ({al['n_shared_tokens']} rows)"
+    if al["method"] == "orthogonal":
+        dims = "orthogonal (rotation)"
+    else:
+        dims = f"{al['n_sign_flips']} sign flips"
+    quality = al.get("quality") or {}
+    evidence = ", ".join(f"{k} {v:.3f}" for k, v in quality.items() if isinstance(v, float))
     layers = (
         f"1:1 ({lm['n_layers_a']} layers)"
         if lm["method"] == "identity"
@@ -96,8 +103,10 @@ def _score_table(result: dict[str, Any]) -> Any:
     t.add_row("z / p-value", f"{fmt_num(result['z'], 1)} / {fmt_p(result['p_value'])}")
     t.add_row(
         "alignment",
-        f"{align}; base {base} (hidden {max(al['hidden_size_a'], al['hidden_size_b'])}); {al['n_sign_flips']} sign flips",
+        f"{align}; base {base} (hidden {max(al['hidden_size_a'], al['hidden_size_b'])}); {dims}",
     )
+    if evidence:
+        t.add_row("alignment evidence", f"{al['method']} chosen ({evidence})")
     t.add_row("layer matching", layers)
     return t
 
@@ -174,10 +183,11 @@ _EXAMPLES = (
 )
 @click.option(
     "--align",
-    type=click.Choice(["vocab", "ids"]),
-    default="vocab",
+    type=click.Choice(ALIGN_CHOICES),
+    default="auto",
     show_default=True,
-    help="Align hidden dims on shared tokens (vocab) or on equal token ids (ids; only when vocab sizes agree).",
+    help="Hidden-dim alignment on shared tokens: auto (LAP unless the embeddings show a rotated copy), lap "
+    "(permutation + signs), orthogonal (Procrustes rotation); ids: match token rows by id (vocab sizes must agree), then as auto.",
 )
 @device_option()
 @click.option(

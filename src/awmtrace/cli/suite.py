@@ -142,10 +142,10 @@ def _repo_text(repo: str | None) -> str:
 )
 @click.option(
     "--align",
-    type=click.Choice(["vocab", "ids"]),
-    default="vocab",
+    type=click.Choice(["auto", "lap", "orthogonal", "ids"]),
+    default="auto",
     show_default=True,
-    help="Align hidden dims on shared tokens (vocab) or equal token ids (ids).",
+    help="Hidden-dim alignment: auto, lap, orthogonal, or ids (token rows matched by id, then as auto).",
 )
 @click.option(
     "--null", "null", default=None, metavar="NAME|FILE", help="Null distribution for z and p (default: the paper's published summary)."

@@ -176,7 +176,8 @@ def pair_report_html(result: dict[str, Any]) -> str:
             ),
         ]
     )
-    caveats = "".join(f'<p class="caveat">{escape(c)}</p>' for c in null_caveats(result))
+    noted = set(result.get("notes") or [])  # the alignment caveat is also a result note; show it once
+    caveats = "".join(f'<p class="caveat">{escape(c)}</p>' for c in null_caveats(result) if c not in noted)
 
     base = "A" if al.get("base") == "a" else "B"
     align_rows = [

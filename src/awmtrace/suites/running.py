@@ -265,7 +265,7 @@ def run_suite(  # noqa: PLR0913 - keyword options of the public API, as compare(
     models_dir: str | Path | None = None,
     device: str = "auto",
     weights: str | Iterable[str] = ("q", "k"),
-    align: str = "vocab",
+    align: str = "auto",
     null: Any = None,
     min_shared_tokens: int | None = None,
     fetch: bool = True,
@@ -288,8 +288,8 @@ def run_suite(  # noqa: PLR0913 - keyword options of the public API, as compare(
     kinds = pipeline.parse_weights(weights)
     null_model, null_id = _null_identity(null)
     min_tokens = pipeline.MIN_SHARED_TOKENS if min_shared_tokens is None else int(min_shared_tokens)
-    if align not in ("vocab", "ids"):
-        raise UsageError(f"align must be 'vocab' or 'ids', got {align!r}")
+    if align not in pipeline.ALIGN_CHOICES:
+        raise UsageError(f"align must be one of {', '.join(pipeline.ALIGN_CHOICES)}, got {align!r}")
     options = {"weights": list(kinds), "align": align, "min_shared_tokens": min_tokens, "null": null_id}
     progress = progress or (lambda stage, done, total: None)
 
