@@ -25,6 +25,7 @@ def main(verbose: int) -> None:
 # Each module adds its commands to ``main`` when imported.
 from awmtrace.cli import compare as _compare  # noqa: E402,F401
 from awmtrace.cli import hub as _hub  # noqa: E402,F401
+from awmtrace.cli import matrix as _matrix  # noqa: E402,F401
 from awmtrace.cli import stats as _stats  # noqa: E402,F401
 from awmtrace.cli import suite as _suite  # noqa: E402,F401
 

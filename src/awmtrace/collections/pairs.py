@@ -1,0 +1,230 @@
+"""One pair from two cache entries: alignment, aligned Grams, per-layer UCKA, layer matching, z/p/verdict.
+
+The alignment is the pipeline's own (:func:`awmtrace.pipeline.align_models`)
+run on the cached embeddings and vocabularies, so it follows the same rules
+as ``awm compare``. The base (wider) model's Gram is aligned by gathering
+rows and columns (``K[idx][:, idx]``, rectangular when widths differ), the
+other model's by its signs (``D L D``), which is what the pipeline's
+index-and-sign alignment of the samples does to their Grams. UCKA is then
+the unbiased HSIC of Song et al. (2012) from these matrices; scores equal
+``awm compare``'s up to the rounding of the float16 Grams.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from awmtrace import __version__
+from awmtrace.collections.cache import CachedSource, CacheEntry
+from awmtrace.core import stats
+from awmtrace.core.align import match_layers
+from awmtrace.core.cka import _hsic, cka_from_terms
+from awmtrace.errors import VocabularyError
+from awmtrace.types import Alignment, LayerScore, NullModel, PairResult, Verdict
+
+__all__ = ["cached_model", "align_entries", "align_gram", "assess", "score_pair"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def cached_model(entry: CacheEntry, spec: str | None = None) -> Any:
+    """A :class:`awmtrace.pipeline.Model` whose only tensor is the cached embedding (for the alignment)."""
+    from awmtrace.pipeline import Model
+
+    err = entry.manifest["vocab"]["error"]
+    return Model(
+        spec=spec or str(entry.manifest["spec"]),
+        source=CachedSource(entry),
+        view=entry.view(),
+        vocab=entry.vocab(),
+        vocab_error=VocabularyError(err) if err else None,
+    )
+
+
+def align_entries(a: Any, b: Any, align: str, min_shared_tokens: int, progress: Progress | None = None) -> Alignment:
+    """The pipeline's alignment of two cached models (from :func:`cached_model`)."""
+    from awmtrace.pipeline import align_models
+
+    return align_models(a, b, align, min_shared_tokens, progress)
+
+
+@dataclass
+class AlignedGram:
+    """A Gram after alignment, float32 ``(n_other, n_other)`` zero diagonal, with its HSIC terms.
+
+    ``signs``: the other model's signs ``(n_other,)`` when they are still to be
+    applied (``None`` when already applied or all +1); ``rows``: ``(n_other,)``
+    float64 row sums of the signed matrix.
+    """
+
+    gram: np.ndarray
+    rows: np.ndarray
+    total: float
+    sumsq: float
+    signs: np.ndarray | None
+
+    @property
+    def n(self) -> int:
+        return int(self.gram.shape[0])
+
+    def self_hsic(self) -> float:
+        return _hsic(self.sumsq, self.total, self.total, float(self.rows @ self.rows), self.n)
+
+
+def _full_stats(k: np.ndarray) -> tuple[np.ndarray, float, float]:
+    rows = k.sum(axis=1, dtype=np.float64)
+    return rows, float(rows.sum()), float(np.einsum("ij,ij->i", k, k).sum(dtype=np.float64))
+
+
+def align_gram(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base: bool) -> AlignedGram:
+    """Gram ``(layer, role)`` of ``entry`` as the aligned samples of a pair would give it.
+
+    Base side: rows/columns gathered by ``al.index`` (``K[idx][:, idx]``), or,
+    when the alignment carries an orthogonal ``rotation`` ``(n_base, n_other)``,
+    ``R' (K~ + diag) R`` with its diagonal zeroed. Other side: unchanged, its
+    signs ``s`` applied as ``D L D`` (row sums and total here; the cross term
+    in :func:`hsic_pair`).
+    """
+    g16 = entry.gram(layer, role)
+    rows, diag, total, sumsq = entry.stats(layer, role)
+    rotation = getattr(al, "rotation", None)
+    if is_base and rotation is not None:
+        full = g16.astype(np.float32)
+        full[np.diag_indices_from(full)] = diag.astype(np.float32)
+        k = rotation.T @ full @ rotation
+        np.fill_diagonal(k, 0.0)
+        return AlignedGram(k, *_full_stats(k), signs=None)
+    if is_base:
+        n_base = g16.shape[0]
+        if al.index.size == n_base and np.array_equal(al.index, np.arange(n_base)):
+            return AlignedGram(g16.astype(np.float32), rows, total, sumsq, None)
+        bits = g16.view(np.uint16)
+        # Gather the 2-byte values, then widen: half the bytes moved.
+        k = np.take(np.take(bits, al.index, axis=0), al.index, axis=1).view(np.float16).astype(np.float32)
+        if al.index.size == n_base:  # a permutation: row sums permute, the rest stays
+            return AlignedGram(k, rows[al.index], total, sumsq, None)
+        return AlignedGram(k, *_full_stats(k), signs=None)
+    k = g16.astype(np.float32)
+    if getattr(al, "rotation", None) is not None or al.n_sign_flips == 0:
+        return AlignedGram(k, rows, total, sumsq, None)
+    s = al.signs.astype(np.float32)
+    ls = (k @ s).astype(np.float64)  # L~ s
+    return AlignedGram(k, s.astype(np.float64) * ls, float(s @ ls), sumsq, signs=s)
+
+
+def hsic_pair(base: AlignedGram, other: AlignedGram, scratch: np.ndarray | None = None) -> float:
+    """UCKA of two aligned Grams (same n)."""
+    if base.n != other.n:
+        raise ValueError(f"aligned Grams differ in size: {base.n} vs {other.n}")
+    if other.signs is None:
+        tr = float(np.vdot(base.gram, other.gram))
+    else:
+        m = np.multiply(base.gram, other.gram, out=scratch)
+        tr = float(other.signs @ (m @ other.signs))
+    hxy = _hsic(tr, base.total, other.total, float(base.rows @ other.rows), base.n)
+    return cka_from_terms(hxy, base.self_hsic(), other.self_hsic())
+
+
+def assess(score: float, null_model: NullModel, z_related: float, z_inconclusive: float) -> tuple[float, float, float | None, Verdict]:
+    """z, normal-tail p, empirical p and verdict of a score: the calls ``compare_models`` makes (one place to switch to ``stats.assess``)."""
+    z = stats.z_score(score, null_model)
+    return z, stats.normal_p_value(z), stats.empirical_p_value(score, null_model.scores), stats.verdict(z, z_related, z_inconclusive)
+
+
+def _layer_scores(ea: CacheEntry, eb: CacheEntry, al: Alignment) -> tuple[np.ndarray, np.ndarray]:
+    """``(L_a, L_b)`` UCKA of Q and of K; only the diagonal when depths are equal (the rest is NaN)."""
+    la, lb = ea.n_layers, eb.n_layers
+    base, other = (ea, eb) if al.base == "a" else (eb, ea)
+    lbase, lother = (la, lb) if al.base == "a" else (lb, la)
+    sq = np.full((lbase, lother), np.nan)
+    sk = np.full((lbase, lother), np.nan)
+    scratch: np.ndarray | None = None
+    for i in range(lbase):
+        targets = [i] if la == lb else range(lother)
+        for role, out in ((0, sq), (1, sk)):
+            kb = align_gram(base, i, role, al, True)
+            if scratch is None or scratch.shape != kb.gram.shape:
+                scratch = np.empty_like(kb.gram)
+            for j in targets:
+                out[i, j] = hsic_pair(kb, align_gram(other, j, role, al, False), scratch)
+        base.release()
+        other.release()
+    if al.base == "b":
+        sq, sk = sq.T, sk.T
+    return sq, sk
+
+
+def _matching(sq: np.ndarray, sk: np.ndarray) -> tuple[list[LayerScore], dict[str, Any]]:
+    la, lb = sq.shape
+    if la == lb:
+        layers = [LayerScore(i, i, float(sq[i, i]), float(sk[i, i])) for i in range(la)]
+        matching: dict[str, Any] = {"method": "identity", "n_layers_a": la, "n_layers_b": lb}
+    else:
+        full = (sq + sk) / 2.0
+        a_shallow = la <= lb
+        pairs = match_layers(full if a_shallow else full.T)
+        layers = []
+        for i, j in pairs:
+            ia, ib = (i, j) if a_shallow else (j, i)
+            layers.append(LayerScore(ia, ib, float(sq[ia, ib]), float(sk[ia, ib])))
+        layers.sort(key=lambda s: s.index_a)
+        matching = {"method": "lap", "n_layers_a": la, "n_layers_b": lb, "score_matrix": full.round(6).tolist()}
+    matching["pairs"] = [[s.index_a, s.index_b] for s in layers]
+    return layers, matching
+
+
+def score_pair(
+    ea: CacheEntry,
+    eb: CacheEntry,
+    *,
+    spec_a: str | None = None,
+    spec_b: str | None = None,
+    align: str = "vocab",
+    null: NullModel | None = None,
+    min_shared_tokens: int | None = None,
+    z_related: float = stats.Z_RELATED,
+    z_inconclusive: float = stats.Z_INCONCLUSIVE,
+) -> PairResult:
+    """Compare two cached models; the same :class:`PairResult` as :func:`awmtrace.pipeline.compare_models` gives."""
+    from awmtrace.nulls import load_null
+    from awmtrace.pipeline import MIN_SHARED_TOKENS
+
+    started = time.perf_counter()
+    null_model = null if isinstance(null, NullModel) else load_null(null)
+    ma, mb = cached_model(ea, spec_a), cached_model(eb, spec_b)
+    al = align_entries(ma, mb, align, MIN_SHARED_TOKENS if min_shared_tokens is None else min_shared_tokens)
+    notes: list[str] = []
+    n_small = min(al.hidden_size_a, al.hidden_size_b)
+    if al.n_shared_tokens < n_small:
+        notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
+    sq, sk = _layer_scores(ea, eb, al)
+    layers, matching = _matching(sq, sk)
+    score_q = float(np.mean([s.score_q for s in layers]))
+    score_k = float(np.mean([s.score_k for s in layers]))
+    score = (score_q + score_k) / 2.0
+    z, p, p_emp, verdict = assess(score, null_model, z_related, z_inconclusive)
+    notes.append("scored from cached float16 Grams (awm matrix)")
+    return PairResult(
+        a=ma.summary(),
+        b=mb.summary(),
+        score=score,
+        score_q=score_q,
+        score_k=score_k,
+        layers=tuple(layers),
+        alignment=al.to_dict(),
+        layer_matching=matching,
+        z=z,
+        p_value=p,
+        p_empirical=p_emp,
+        verdict=verdict,
+        null=null_model.to_dict(),
+        device="cpu",
+        elapsed_s=time.perf_counter() - started,
+        notes=tuple(notes),
+        tool_version=__version__,
+    )
