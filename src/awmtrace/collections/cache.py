@@ -259,7 +259,7 @@ class CacheEntry:
         """``(n, n)`` float16 stored Gram (memory-mapped) of layer ``layer``, role 0 = Q, 1 = K."""
         g = self._array("grams.npy")[layer, role]
         if (layer, role) not in self._verified:
-            if zlib.crc32(np.ascontiguousarray(g)) != self.manifest["grams"]["crc32"][layer][role]:
+            if zlib.crc32(np.ascontiguousarray(g).data) != self.manifest["grams"]["crc32"][layer][role]:
                 raise CacheCorrupt(f"{self.path}: Gram of layer {layer} {'QK'[role]} fails its checksum")
             self._verified.add((layer, role))
         return g

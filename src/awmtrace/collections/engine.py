@@ -55,7 +55,7 @@ def pair_task(key_a: str, key_b: str, spec_a: str, spec_b: str, cache_root: str,
     except CacheCorrupt as exc:
         for e in (ea, eb):
             cache.discard(e.path, str(exc))
-        return {**_failure(exc), "stale": True}
+        return {**_failure(exc), "stale": True, "notes": cache.notes}
     except (AwmError, OSError, ValueError, MemoryError) as exc:
         return _failure(exc)
     finally:

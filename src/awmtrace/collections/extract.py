@@ -34,7 +34,8 @@ def _write_embedding(model: Any, path: Path) -> tuple[str, list[int], int]:
     stored = source.dtype(name)
     shape = tuple(int(d) for d in source.shape(name))
     kind = stored if stored in ("BF16", "F16") else "F32"
-    np_dtype = {"BF16": np.dtype(np.uint16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}[kind]
+    dtypes: dict[str, np.dtype[Any]] = {"BF16": np.dtype(np.uint16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
+    np_dtype = dtypes[kind]
     reader = source.row_reader(name)
     crc = 0
     try:
@@ -83,8 +84,8 @@ def _write_grams(model: Any, folder: Path, progress: Progress) -> tuple[list[lis
                 scale = float(np.abs(full).max()) or 1.0
                 np.multiply(full, np.float32(1.0 / scale), out=full)
                 np.copyto(half, full, casting="same_kind")
-                fh.write(memoryview(half).cast("B"))
-                crcs[i].append(zlib.crc32(half))
+                fh.write(half.data)
+                crcs[i].append(zlib.crc32(half.data))
                 scales[i].append(scale)
                 # Self terms from the rounded values the pairs will read, so both sides agree.
                 np.copyto(full, half)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import networkx as nx
+import networkx as nx  # type: ignore[import-untyped]
 
 __all__ = ["families", "family_rule"]
 

@@ -173,8 +173,9 @@ def _score_pairs(
         i, j = todo[k]
         if result.get("stale"):
             # An entry broke between extraction and scoring: rebuild both here and retry once.
+            cache.notes.extend(result.get("notes", []))
             for m in (i, j):
-                engine_mod.extract_task(info[m]["input"], str(cache.root), cache.limit_bytes)
+                cache.notes.extend(engine_mod.extract_task(info[m]["input"], str(cache.root), cache.limit_bytes).get("notes", []))
             result = engine_mod.pair_task(*jobs[k][1])
         if "error" not in result:
             res.put(info[i]["fingerprint"], info[j]["fingerprint"], info[i]["input"], info[j]["input"], result)
@@ -215,7 +216,7 @@ def matrix(
     cache = ModelCache(cache_dir, cache_limit_bytes)
     eng = engine if isinstance(engine, engine_mod.Engine) else engine_mod.make_engine(engine, workers, ray_address)
     own_store = store is not None and not isinstance(store, ResultsStore)
-    st = ResultsStore(store) if own_store else store  # type: ignore[arg-type]
+    st = store if isinstance(store, ResultsStore) else ResultsStore(store) if store is not None else None
     try:
         return _run(specs, cache, eng, st, align, null, min_shared_tokens, z_related, z_inconclusive, progress, started)
     finally:

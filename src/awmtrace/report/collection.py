@@ -26,8 +26,8 @@ def _scores(data: dict[str, Any]) -> np.ndarray:
 
 def cluster_order(data: dict[str, Any]) -> list[int]:
     """Model indices ordered by average-linkage clustering on ``1 - score`` (families end up adjacent)."""
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
+    from scipy.cluster.hierarchy import leaves_list, linkage  # type: ignore[import-untyped]
+    from scipy.spatial.distance import squareform  # type: ignore[import-untyped]
 
     s = _scores(data)
     n = s.shape[0]
