@@ -75,7 +75,7 @@ def _entry_dir(cache_dir: Path, model: Path) -> Path:
 
 def test_corrupt_gram_is_detected_and_rebuilt(three: list[Path], tmp_path: Path) -> None:
     first = matrix(three[:2], cache_dir=tmp_path)
-    path = _entry_dir(tmp_path, three[0]) / "grams.npy"
+    path = _entry_dir(tmp_path, three[0]) / "q.npy"
     with path.open("r+b") as fh:
         fh.seek(-100, os.SEEK_END)
         fh.write(b"\x7f" * 8)
@@ -148,7 +148,7 @@ def test_killed_build_leaves_no_entry(three: list[Path], tmp_path: Path, monkeyp
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract, "_write_grams", boom)
+    monkeypatch.setattr(extract, "_write_layers", boom)
     with open_model(three[0]) as model, pytest.raises(KeyboardInterrupt):
         ModelCache(tmp_path).get(model)
     assert list((tmp_path / "entries").iterdir()) == []
@@ -185,3 +185,34 @@ def test_matrix_cli_outputs(three: list[Path], tmp_path: Path) -> None:
     assert text.exit_code == 0 and "Lineage tree" in text.output and "no evidence" in text.output
     bad = runner.invoke(main, [*args, str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "failed" in bad.output
+
+
+def test_feature_form_for_grouped_query_k_and_mixed_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from awmtrace import compare
+    from awmtrace.collections import extract
+    from awmtrace.collections.pairs import score_pair
+
+    base = synth.random_llama(hidden=256, n_layers=2, n_kv_heads=1, seed=0)  # K: 32 x 256, stored as samples
+    paths = [
+        synth.write_hf(m, tmp_path / f"g{i}")
+        for i, m in enumerate([base, synth.drift(base, 0.2, seed=4), synth.random_llama(n_layers=2, n_kv_heads=1, seed=8)])
+    ]
+
+    def entry(cache_dir: Path, p: Path) -> Any:
+        with open_model(p) as m:
+            return ModelCache(cache_dir).get(m)
+
+    feat = [entry(tmp_path / "c1", p) for p in paths]
+    assert [e.form(0) for e in feat] == ["gram"] * 3 and [e.form(1) for e in feat] == ["feature"] * 3
+    monkeypatch.setattr(extract, "FEATURE_RATIO", 10**6)
+    gram = entry(tmp_path / "c2", paths[1])
+    assert gram.form(1) == "gram"
+    for ea, eb, pa, pb in (
+        (feat[0], feat[1], paths[0], paths[1]),
+        (feat[0], feat[2], paths[0], paths[2]),
+        (feat[0], gram, paths[0], paths[1]),
+    ):
+        want = compare(pa, pb, device="cpu")
+        got = score_pair(ea, eb)
+        assert got.score_k == pytest.approx(want.score_k, abs=2e-5)
+        assert got.score == pytest.approx(want.score, abs=2e-5)

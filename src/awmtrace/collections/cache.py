@@ -4,11 +4,13 @@ An entry is a folder named by a key over the model's content fingerprint
 (:func:`awmtrace.io.fingerprint.content_fingerprint`), the awmtrace version
 and the options that change what is extracted. It holds
 
-* ``grams.npy``: ``(L, 2, n, n)`` float16, the Q and K Gram matrices
-  ``K~ = X X'`` with the diagonal zeroed (the unbiased HSIC only reads the
-  off-diagonal), both triangles, each divided by its largest absolute value
-  (CKA does not change with scale; float16 keeps 11 significant bits over
-  the range that then holds every entry);
+* ``q.npy``, ``k.npy``: per layer, float16, either the Gram matrix
+  ``K~ = X X'`` ``(n, n)`` with the diagonal zeroed (the unbiased HSIC only
+  reads the off-diagonal), both triangles, or, for narrow matrices such as
+  grouped-query K, the samples ``X = W'`` ``(n, d_out)`` themselves (see
+  :data:`awmtrace.collections.extract.FEATURE_RATIO`); each divided by its
+  largest absolute value (CKA does not change with scale; float16 keeps 11
+  significant bits over the range that then holds every entry);
 * ``stats.npy``: ``(L, 2, 2n + 2)`` float64 per-Gram row sums, diagonal (kept
   apart for rotations), total and sum of squares of the stored (rounded)
   Gram, so that self terms need no pass;
@@ -255,12 +257,17 @@ class CacheEntry:
             return (block.astype(np.uint32) << 16).view(np.float32)
         return block.astype(np.float32)
 
-    def gram(self, layer: int, role: int) -> np.ndarray:
-        """``(n, n)`` float16 stored Gram (memory-mapped) of layer ``layer``, role 0 = Q, 1 = K."""
-        g = self._array("grams.npy")[layer, role]
+    def form(self, role: int) -> str:
+        """``"gram"`` or ``"feature"``: how role 0 (Q) or 1 (K) is stored."""
+        return str(self.manifest["roles"][role]["form"])
+
+    def stored(self, layer: int, role: int) -> np.ndarray:
+        """Layer ``layer``'s stored float16 matrix (memory-mapped) of role 0 = Q, 1 = K: Gram ``(n, n)`` or samples ``(n, d_out)``."""
+        info = self.manifest["roles"][role]
+        g = self._array(info["file"])[layer]
         if (layer, role) not in self._verified:
-            if zlib.crc32(np.ascontiguousarray(g).data) != self.manifest["grams"]["crc32"][layer][role]:
-                raise CacheCorrupt(f"{self.path}: Gram of layer {layer} {'QK'[role]} fails its checksum")
+            if zlib.crc32(np.ascontiguousarray(g).data) != info["crc32"][layer]:
+                raise CacheCorrupt(f"{self.path}: layer {layer} {'QK'[role]} ({info['form']}) fails its checksum")
             self._verified.add((layer, role))
         return g
 

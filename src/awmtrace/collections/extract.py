@@ -56,48 +56,89 @@ def _write_embedding(model: Any, path: Path) -> tuple[str, list[int], int]:
     return kind, list(shape), crc
 
 
-def _write_grams(model: Any, folder: Path, progress: Progress) -> tuple[list[list[float]], list[list[int]]]:
-    """``grams.npy`` ``(L, 2, n, n)`` float16 and ``stats.npy`` ``(L, 2, 2n + 2)``; returns per-Gram scales and CRC-32s."""
+#: A role is cached as its samples ``X = W'`` ``(n, d_out)`` instead of its Gram when ``FEATURE_RATIO * d_out <= n``
+#: (grouped-query K): a pair then costs ``n d_out^2`` flops instead of passes over ``n^2`` values, and the entry is smaller.
+FEATURE_RATIO = 4
+
+
+class _ShapeChanged(Exception):
+    """A layer's ``d_out`` differs from layer 0's (the feature form needs one shape)."""
+
+
+def _gram_into(w: np.ndarray, workspace: cka.GramWorkspace, full: np.ndarray, half: np.ndarray, stats: np.ndarray) -> float:
+    """Zero-diagonal Gram of ``w`` ``(d_out, n)`` scaled to max 1 into ``half`` ``(n, n)``; ``stats`` ``(2n + 2,)`` filled; returns the scale."""
+    n = w.shape[1]
+    # The diagonal (squared sample norms) is kept apart: a rotation mixes it into the off-diagonal.
+    diag = np.einsum("ij,ij->j", w, w, dtype=np.float64)
+    terms = cka.gram_terms(w.T, out=workspace.buffer(n, 0))
+    # Both triangles: a gather by the alignment index needs the whole matrix.
+    np.add(terms.gram, terms.gram.T, out=full)
+    scale = float(np.abs(full).max()) or 1.0
+    np.multiply(full, np.float32(1.0 / scale), out=full)
+    np.copyto(half, full, casting="same_kind")
+    # Self terms from the rounded values the pairs will read, so both sides agree.
+    np.copyto(full, half)
+    rows = full.sum(axis=1, dtype=np.float64)
+    stats[:n] = rows
+    stats[n : 2 * n] = diag / scale
+    stats[2 * n] = rows.sum()
+    stats[2 * n + 1] = float(np.einsum("ij,ij->i", full, full).sum(dtype=np.float64))
+    return scale
+
+
+def _write_layers(model: Any, folder: Path, progress: Progress, force_gram: bool = False) -> list[dict[str, Any]]:
+    """``q.npy``/``k.npy`` (Grams ``(L, n, n)`` or samples ``(L, n, d_out)``, float16) and ``stats.npy`` ``(L, 2, 2n + 2)``.
+
+    Returns per role: file, form (``gram``/``feature``), shape, per-layer scales and CRC-32s.
+    """
     view, source = model.view, model.source
     n_layers, n = view.n_layers, view.hidden_size
     workspace = cka.GramWorkspace()
     full = np.empty((n, n), dtype=np.float32)
-    half = np.empty((n, n), dtype=np.float16)
     stats = np.zeros((n_layers, 2, 2 * n + 2), dtype=np.float64)
-    scales: list[list[float]] = []
-    crcs: list[list[int]] = []
-    with (folder / "grams.npy").open("wb") as fh:
-        cache_mod._write_npy_header(fh, np.dtype(np.float16), (n_layers, 2, n, n))
+    first: tuple[np.ndarray, ...] | None = cache_mod.canonical_qk(source, view, 0)
+    assert first is not None
+    roles: list[dict[str, Any]] = []
+    for name, w in zip(("q", "k"), first, strict=True):
+        form = "feature" if not force_gram and FEATURE_RATIO * w.shape[0] <= n else "gram"
+        shape = [n_layers, n, n] if form == "gram" else [n_layers, n, int(w.shape[0])]
+        roles.append({"role": name, "file": f"{name}.npy", "form": form, "shape": shape, "scale": [], "crc32": []})
+    halves = [np.empty(r["shape"][1:], dtype=np.float16) for r in roles]
+    handles = [(folder / r["file"]).open("wb") for r in roles]
+    try:
+        for r, fh in zip(roles, handles, strict=True):
+            cache_mod._write_npy_header(fh, np.dtype(np.float16), tuple(r["shape"]))
         for i in range(n_layers):
             if i + 1 < n_layers:
                 nxt = view.layers[i + 1]
                 source.prefetch(sorted({nxt.q.name, nxt.k.name}))
-            q, k = cache_mod.canonical_qk(source, view, i)
-            scales.append([])
-            crcs.append([])
-            for role, w in enumerate((q, k)):
-                # The diagonal (squared sample norms) is kept apart: a rotation mixes it into the off-diagonal.
-                diag = np.einsum("ij,ij->j", w, w, dtype=np.float64)
-                terms = cka.gram_terms(w.T, out=workspace.buffer(n, 0))
-                # Both triangles: a gather by the alignment index needs the whole matrix.
-                np.add(terms.gram, terms.gram.T, out=full)
-                scale = float(np.abs(full).max()) or 1.0
-                np.multiply(full, np.float32(1.0 / scale), out=full)
-                np.copyto(half, full, casting="same_kind")
+            mats = first if first is not None else cache_mod.canonical_qk(source, view, i)
+            first = None
+            for role, (w, r, half, fh) in enumerate(zip(mats, roles, halves, handles, strict=True)):
+                if r["form"] == "gram":
+                    scale = _gram_into(w, workspace, full, half, stats[i, role])
+                else:
+                    if w.shape[0] != r["shape"][2]:
+                        raise _ShapeChanged
+                    scale = float(np.abs(w).max()) or 1.0
+                    np.multiply(w.T, np.float32(1.0 / scale), out=half, casting="same_kind")
                 fh.write(half.data)
-                crcs[i].append(zlib.crc32(half.data))
-                scales[i].append(scale)
-                # Self terms from the rounded values the pairs will read, so both sides agree.
-                np.copyto(full, half)
-                rows = full.sum(axis=1, dtype=np.float64)
-                stats[i, role, :n] = rows
-                stats[i, role, n : 2 * n] = diag / scale
-                stats[i, role, 2 * n] = rows.sum()
-                stats[i, role, 2 * n + 1] = float(np.einsum("ij,ij->i", full, full).sum(dtype=np.float64))
-            del q, k
+                r["crc32"].append(zlib.crc32(half.data))
+                r["scale"].append(scale)
+            del mats
             progress("caching layers", i + 1, n_layers)
+    finally:
+        for fh in handles:
+            fh.close()
     np.save(folder / "stats.npy", stats)
-    return scales, crcs
+    return roles
+
+
+def _write_roles(model: Any, folder: Path, progress: Progress) -> list[dict[str, Any]]:
+    try:
+        return _write_layers(model, folder, progress)
+    except _ShapeChanged:
+        return _write_layers(model, folder, progress, force_gram=True)
 
 
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---", re.S)
@@ -133,14 +174,14 @@ def write_entry(model: Any, folder: Path, key: str, fingerprint: str, options: d
     progress = progress or (lambda stage, done, total: None)
     view, source = model.view, model.source
     emb_dtype, emb_shape, emb_crc = _write_embedding(model, folder / "embed.npy")
-    scales, crcs = _write_grams(model, folder, progress)
+    roles = _write_roles(model, folder, progress)
     vocab_info: dict[str, Any] = {"present": model.vocab is not None, "error": str(model.vocab_error) if model.vocab_error else None}
     if model.vocab is not None:
         (folder / "vocab.json").write_text(json.dumps(cache_mod._vocab_to_json(model.vocab)), encoding="utf-8")
     dtypes = sorted({source.dtype(n) for layer in view.layers for n in (layer.q.name, layer.k.name)})
     src_path = Path(source.path)
     files = {}
-    for name in ("embed.npy", "grams.npy", "stats.npy", "vocab.json"):
+    for name in ("embed.npy", "q.npy", "k.npy", "stats.npy", "vocab.json"):
         f = folder / name
         if f.exists():
             files[name] = {"bytes": f.stat().st_size, "crc32": emb_crc if name == "embed.npy" else None}
@@ -163,13 +204,7 @@ def write_entry(model: Any, folder: Path, key: str, fingerprint: str, options: d
         "card": model_card(src_path if src_path.is_dir() else src_path.parent),
         "vocab": vocab_info,
         "embedding": {"file": "embed.npy", "dtype": emb_dtype, "shape": emb_shape},
-        "grams": {
-            "file": "grams.npy",
-            "dtype": "float16",
-            "shape": [view.n_layers, 2, view.hidden_size, view.hidden_size],
-            "scale": scales,
-            "crc32": crcs,
-        },  # fmt: skip
+        "roles": roles,
         "files": files,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

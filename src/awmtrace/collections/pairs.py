@@ -21,7 +21,7 @@ import numpy as np
 
 from awmtrace import __version__
 from awmtrace.collections.cache import CachedSource, CacheEntry
-from awmtrace.core import stats
+from awmtrace.core import cka, stats
 from awmtrace.core.align import match_layers
 from awmtrace.core.cka import _hsic, cka_from_terms
 from awmtrace.errors import VocabularyError
@@ -90,7 +90,7 @@ def align_gram(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base:
     signs ``s`` applied as ``D L D`` (row sums and total here; the cross term
     in :func:`hsic_pair`).
     """
-    g16 = entry.gram(layer, role)
+    g16 = entry.stored(layer, role)
     rows, diag, total, sumsq = entry.stats(layer, role)
     rotation = getattr(al, "rotation", None)
     if is_base and rotation is not None:
@@ -115,6 +115,43 @@ def align_gram(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base:
     s = al.signs.astype(np.float32)
     ls = (k @ s).astype(np.float64)  # L~ s
     return AlignedGram(k, s.astype(np.float64) * ls, float(s @ ls), sumsq, signs=s)
+
+
+def aligned_samples(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base: bool) -> np.ndarray:
+    """Stored samples ``(n, p)`` of a feature-form role, aligned as the pipeline aligns samples: ``(n_other, p)`` float32."""
+    x16 = entry.stored(layer, role)
+    rotation = getattr(al, "rotation", None)
+    if is_base:
+        if rotation is not None:
+            return np.asarray(rotation.T @ x16.astype(np.float32), dtype=np.float32)
+        if al.index.size == x16.shape[0] and np.array_equal(al.index, np.arange(x16.shape[0])):
+            return x16.astype(np.float32)
+        return np.take(x16, al.index, axis=0).astype(np.float32)
+    x = x16.astype(np.float32)
+    if rotation is None and al.n_sign_flips:
+        x *= al.signs[:, None]
+    return x
+
+
+def _gram_of(x: np.ndarray) -> AlignedGram:
+    k = x @ x.T
+    np.fill_diagonal(k, 0.0)
+    return AlignedGram(k, *_full_stats(k), signs=None)
+
+
+def _terms(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base: bool, mode: str) -> Any:
+    """Feature terms (``mode == "feature"``, both sides stored as samples) or an :class:`AlignedGram`."""
+    if mode == "feature":
+        return cka.feature_terms(aligned_samples(entry, layer, role, al, is_base))
+    if entry.form(role) == "feature":
+        return _gram_of(aligned_samples(entry, layer, role, al, is_base))
+    return align_gram(entry, layer, role, al, is_base)
+
+
+def _ucka(tb: Any, to: Any, mode: str, scratch: np.ndarray | None) -> float:
+    if mode == "feature":
+        return cka.cka_from_terms(cka.hsic_from_feature_terms(tb, to), tb.self_hsic, to.self_hsic)
+    return hsic_pair(tb, to, scratch)
 
 
 def hsic_pair(base: AlignedGram, other: AlignedGram, scratch: np.ndarray | None = None) -> float:
@@ -144,14 +181,15 @@ def _layer_scores(ea: CacheEntry, eb: CacheEntry, al: Alignment) -> tuple[np.nda
     sq = np.full((lbase, lother), np.nan)
     sk = np.full((lbase, lother), np.nan)
     scratch: np.ndarray | None = None
+    modes = ["feature" if base.form(r) == other.form(r) == "feature" else "gram" for r in (0, 1)]
     for i in range(lbase):
         targets = [i] if la == lb else range(lother)
         for role, out in ((0, sq), (1, sk)):
-            kb = align_gram(base, i, role, al, True)
-            if scratch is None or scratch.shape != kb.gram.shape:
-                scratch = np.empty_like(kb.gram)
+            tb = _terms(base, i, role, al, True, modes[role])
+            if modes[role] == "gram" and (scratch is None or scratch.shape != tb.gram.shape):
+                scratch = np.empty_like(tb.gram)
             for j in targets:
-                out[i, j] = hsic_pair(kb, align_gram(other, j, role, al, False), scratch)
+                out[i, j] = _ucka(tb, _terms(other, j, role, al, False, modes[role]), modes[role], scratch)
         base.release()
         other.release()
     if al.base == "b":
