@@ -68,7 +68,7 @@ __all__ = [
 log = logging.getLogger("awmtrace")
 
 #: Layout version of an entry; entries of another layout are rebuilt.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: Default size limit of a cache folder.
 DEFAULT_LIMIT_BYTES = 64 << 30
 _MANIFEST = "manifest.json"

@@ -122,6 +122,11 @@ def _write_layers(model: Any, folder: Path, progress: Progress, force_gram: bool
                         raise _ShapeChanged
                     scale = float(np.abs(w).max()) or 1.0
                     np.multiply(w.T, np.float32(1.0 / scale), out=half, casting="same_kind")
+                    # ||X'X||_F^2 of the rounded samples: unchanged by the row permutations and signs of an
+                    # alignment, so a pair need not recompute the (p, p) product.
+                    x = half.astype(np.float32)
+                    xtx = x.T @ x
+                    stats[i, role, 0] = float(np.einsum("ij,ij->i", xtx, xtx).sum(dtype=np.float64))
                 fh.write(half.data)
                 r["crc32"].append(zlib.crc32(half.data))
                 r["scale"].append(scale)

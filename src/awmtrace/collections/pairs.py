@@ -133,6 +133,19 @@ def aligned_samples(entry: CacheEntry, layer: int, role: int, al: Alignment, is_
     return x
 
 
+def _feature_terms(x: np.ndarray, xtx_sq: float | None) -> cka.FeatureTerms:
+    """:func:`awmtrace.core.cka.feature_terms` of ``x`` ``(n, p)``, taking ``||X'X||_F^2`` from the cache when given."""
+    if xtx_sq is None:
+        return cka.feature_terms(x)
+    n = x.shape[0]
+    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    cols = x.sum(axis=0, dtype=np.float64)
+    rows = (x @ cols.astype(np.float32)).astype(np.float64) - sq
+    total = float(cols @ cols - sq.sum())
+    self_hsic = _hsic(xtx_sq - float(sq @ sq), total, total, float(rows @ rows), n)
+    return cka.FeatureTerms(x=x, sq_norms=sq, row_sums=rows, total=total, self_hsic=self_hsic)
+
+
 def _gram_of(x: np.ndarray) -> AlignedGram:
     k = x @ x.T
     np.fill_diagonal(k, 0.0)
@@ -142,7 +155,10 @@ def _gram_of(x: np.ndarray) -> AlignedGram:
 def _terms(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base: bool, mode: str) -> Any:
     """Feature terms (``mode == "feature"``, both sides stored as samples) or an :class:`AlignedGram`."""
     if mode == "feature":
-        return cka.feature_terms(aligned_samples(entry, layer, role, al, is_base))
+        # A row permutation with signs keeps ||X'X||; a rectangular gather or a rotation does not.
+        n_rows = entry.stored(layer, role).shape[0]
+        keeps = getattr(al, "rotation", None) is None and (not is_base or al.index.size == n_rows)
+        return _feature_terms(aligned_samples(entry, layer, role, al, is_base), entry.stats(layer, role)[0][0] if keeps else None)
     if entry.form(role) == "feature":
         return _gram_of(aligned_samples(entry, layer, role, al, is_base))
     return align_gram(entry, layer, role, al, is_base)
