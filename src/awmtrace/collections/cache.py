@@ -331,7 +331,8 @@ class ModelCache:
     """A folder of :class:`CacheEntry` (``entries/<key>``) plus an index from cheap file identities to content fingerprints."""
 
     def __init__(self, root: str | Path | None = None, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        # Absolute: workers (local processes, Ray tasks) may run in another directory.
+        self.root = (Path(root).expanduser() if root is not None else default_cache_dir()).absolute()
         self.limit_bytes = int(limit_bytes)
         self.options = extraction_options()
         #: Weight reads made by :meth:`get` in this process (tests count them).

@@ -117,7 +117,9 @@ def _model_info(i: int, spec: str, entry: CacheEntry) -> dict[str, Any]:
 
 def _extract(specs: Sequence[str], cache: ModelCache, eng: engine_mod.Engine, progress: Progress) -> list[dict[str, Any]]:
     unique = list(dict.fromkeys(specs))
-    jobs: list[engine_mod.Job] = [(engine_mod.extract_task, (s, str(cache.root), cache.limit_bytes)) for s in unique]
+    # Local paths made absolute for workers that run elsewhere; Hub ids pass as they are.
+    where = [str(Path(s).absolute()) if Path(s).exists() else s for s in unique]
+    jobs: list[engine_mod.Job] = [(engine_mod.extract_task, (w, str(cache.root), cache.limit_bytes)) for w in where]
     out: dict[str, dict[str, Any]] = {}
     for done, (k, res) in enumerate(eng.run(jobs), 1):
         out[unique[k]] = res
