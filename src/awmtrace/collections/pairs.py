@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import sgemv  # type: ignore[import-untyped]
 
 from awmtrace import __version__
 from awmtrace.collections.cache import CachedSource, CacheEntry
@@ -76,6 +77,15 @@ class AlignedGram:
         return _hsic(self.sumsq, self.total, self.total, float(self.rows @ self.rows), self.n)
 
 
+def _matvec(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``a @ v`` for C-ordered float32 ``a`` ``(m, n)`` by scipy's SGEMV on the transposed view (no copy).
+
+    scipy's BLAS, as :mod:`awmtrace.core.cka` uses: numpy and scipy each bundle an OpenBLAS with its
+    own thread pool, and alternating between them leaves one pool spinning while the other works.
+    """
+    return np.asarray(sgemv(1.0, a.T, np.asarray(v, dtype=np.float32), trans=1))
+
+
 def _full_stats(k: np.ndarray) -> tuple[np.ndarray, float, float]:
     rows = k.sum(axis=1, dtype=np.float64)
     return rows, float(rows.sum()), float(np.einsum("ij,ij->i", k, k).sum(dtype=np.float64))
@@ -113,7 +123,7 @@ def align_gram(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base:
     if getattr(al, "rotation", None) is not None or al.n_sign_flips == 0:
         return AlignedGram(k, rows, total, sumsq, None)
     s = al.signs.astype(np.float32)
-    ls = (k @ s).astype(np.float64)  # L~ s
+    ls = _matvec(k, s).astype(np.float64)  # L~ s
     return AlignedGram(k, s.astype(np.float64) * ls, float(s @ ls), sumsq, signs=s)
 
 
@@ -140,7 +150,7 @@ def _feature_terms(x: np.ndarray, xtx_sq: float | None) -> cka.FeatureTerms:
     n = x.shape[0]
     sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     cols = x.sum(axis=0, dtype=np.float64)
-    rows = (x @ cols.astype(np.float32)).astype(np.float64) - sq
+    rows = _matvec(x, cols.astype(np.float32)).astype(np.float64) - sq
     total = float(cols @ cols - sq.sum())
     self_hsic = _hsic(xtx_sq - float(sq @ sq), total, total, float(rows @ rows), n)
     return cka.FeatureTerms(x=x, sq_norms=sq, row_sums=rows, total=total, self_hsic=self_hsic)
@@ -175,10 +185,10 @@ def hsic_pair(base: AlignedGram, other: AlignedGram, scratch: np.ndarray | None 
     if base.n != other.n:
         raise ValueError(f"aligned Grams differ in size: {base.n} vs {other.n}")
     if other.signs is None:
-        tr = float(np.vdot(base.gram, other.gram))
+        tr = float(np.einsum("ij,ij->i", base.gram, other.gram).sum(dtype=np.float64))
     else:
         m = np.multiply(base.gram, other.gram, out=scratch)
-        tr = float(other.signs @ (m @ other.signs))
+        tr = float(other.signs.astype(np.float64) @ _matvec(m, other.signs).astype(np.float64))
     hxy = _hsic(tr, base.total, other.total, float(base.rows @ other.rows), base.n)
     return cka_from_terms(hxy, base.self_hsic(), other.self_hsic())
 
