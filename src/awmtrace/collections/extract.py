@@ -73,9 +73,9 @@ def _gram_into(w: np.ndarray, workspace: cka.GramWorkspace, full: np.ndarray, ha
     terms = cka.gram_terms(w.T, out=workspace.buffer(n, 0))
     # Both triangles: a gather by the alignment index needs the whole matrix.
     np.add(terms.gram, terms.gram.T, out=full)
-    scale = float(np.abs(full).max()) or 1.0
-    np.multiply(full, np.float32(1.0 / scale), out=full)
-    np.copyto(half, full, casting="same_kind")
+    # Two reductions instead of np.abs(): no (n, n) temporary.
+    scale = max(float(full.max()), -float(full.min())) or 1.0
+    np.multiply(full, np.float32(1.0 / scale), out=half, casting="same_kind")
     # Self terms from the rounded values the pairs will read, so both sides agree.
     np.copyto(full, half)
     rows = full.sum(axis=1, dtype=np.float64)
