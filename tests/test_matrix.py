@@ -158,3 +158,11 @@ def test_ray_engine_gives_identical_scores(collection: list[Path], result: Any, 
     for x, i in enumerate((0, 1, 6, 8)):
         for y, j in enumerate((0, 1, 6, 8)):
             assert out.score[x][y] == result.score[i][j]
+
+
+def test_unreachable_ray_address_is_one_line(collection: list[Path], tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from awmtrace.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+        matrix(collection[:2], cache_dir=tmp_path, engine="ray", ray_address="127.0.0.1:1")

@@ -113,6 +113,21 @@ class LocalEngine(Engine):
             self._pool = None
 
 
+def _check_reachable(address: str) -> None:
+    """Fail fast with one line when ``HOST:PORT`` does not answer (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); start one with `ray start --head` or fix --ray-address"
+        ) from None
+
+
 class RayEngine(Engine):
     """Jobs as Ray tasks on an existing cluster (``address``: ``auto`` or ``HOST:PORT``), or a local one when ``address`` is ``None``."""
 
@@ -125,6 +140,8 @@ class RayEngine(Engine):
             raise OptionalDependencyMissing("--engine ray needs Ray: pip install 'awmtrace[ray]'") from None
         self.ray = ray
         self._started = False
+        if address not in (None, "auto") and not ray.is_initialized():
+            _check_reachable(address)
         if not ray.is_initialized():
             try:
                 if address is None:
