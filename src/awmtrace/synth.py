@@ -35,6 +35,8 @@ __all__ = [
     "with_gains",
     "fold_gains",
     "awq_scale",
+    "upscale_depth",
+    "extend_vocab",
     "write_hf",
     "write_gguf",
     "byte_level_vocab",
@@ -235,6 +237,24 @@ def prune_depth(m: SynthModel, keep_layers: list[int]) -> SynthModel:
         attn_norm=[m.attn_norm[i] for i in keep_layers] if m.attn_norm else [],
         ffn_norm=[m.ffn_norm[i] for i in keep_layers] if m.ffn_norm else [],
     )
+
+
+def upscale_depth(m: SynthModel, order: list[int]) -> SynthModel:
+    """Depth up-scaling (as SOLAR's): a deeper model whose layers are copies of ``order``'s layers, some repeated."""
+    return replace(
+        prune_depth(m, order),
+        q=[m.q[i].copy() for i in order],
+        k=[m.k[i].copy() for i in order],
+    )
+
+
+def extend_vocab(m: SynthModel, n_new: int, seed: int = 5) -> SynthModel:
+    """Add ``n_new`` tokens whose embedding rows are the mean row plus tiny noise (Hugging Face's mean initialisation on resize)."""
+    rng = np.random.default_rng(seed)
+    rows = m.embed.mean(axis=0, keepdims=True) + rng.standard_normal((n_new, m.hidden), dtype=np.float32) * np.float32(1e-4)
+    have = set(m.tokens)
+    new_tokens = [t for t in (f"<extra_tok_{i}>" for i in range(n_new + len(have))) if t not in have][:n_new]
+    return replace(m, embed=np.ascontiguousarray(np.vstack([m.embed, rows.astype(np.float32)])), tokens=[*m.tokens, *new_tokens])
 
 
 def _lognormal(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:

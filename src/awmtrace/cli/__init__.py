@@ -95,6 +95,7 @@ from awmtrace.cli import compare as _compare  # noqa: E402,F401
 from awmtrace.cli import demo as _demo  # noqa: E402,F401
 from awmtrace.cli import hub as _hub  # noqa: E402,F401
 from awmtrace.cli import inspect as _inspect  # noqa: E402,F401
+from awmtrace.cli import matrix as _matrix  # noqa: E402,F401
 from awmtrace.cli import report as _report  # noqa: E402,F401
 from awmtrace.cli import stats as _stats  # noqa: E402,F401
 from awmtrace.cli import stress as _stress  # noqa: E402,F401

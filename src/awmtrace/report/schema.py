@@ -37,6 +37,7 @@ SCHEMAS = (
     "calibrate",
     "fetch",
     "stress",
+    "matrix",
 )
 
 

@@ -1,0 +1,184 @@
+"""Where per-model extraction and pair scoring run: this process, local worker processes, or Ray tasks.
+
+The work is two plain functions (:func:`extract_task`, :func:`pair_task`)
+that take and return JSON-ready values, so every engine runs exactly the same
+code and results are identical whichever one ran them. Workers share the
+cache through its folder (a path every worker sees); results come back to
+the calling process, which alone writes the results store.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+from awmtrace.errors import AwmError, OptionalDependencyMissing, UsageError, first_line
+
+__all__ = ["Engine", "LocalEngine", "RayEngine", "make_engine", "extract_task", "pair_task", "ENGINES"]
+
+ENGINES = ("local", "ray")
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    return {"error": str(exc) or type(exc).__name__, "error_class": type(exc).__name__}
+
+
+def extract_task(spec: str, cache_root: str, limit_bytes: int) -> dict[str, Any]:
+    """Open ``spec`` and make sure its cache entry exists; returns its key, fingerprint and whether weights were read."""
+    from awmtrace.collections.cache import ModelCache
+    from awmtrace.pipeline import open_model
+
+    cache = ModelCache(cache_root, limit_bytes)
+    try:
+        with open_model(spec) as model:
+            entry = cache.get(model)
+        return {"key": entry.key, "fingerprint": entry.fingerprint, "built": cache.builds, "notes": cache.notes}
+    except AwmError as exc:
+        return _failure(exc)
+    except (OSError, ValueError, MemoryError) as exc:
+        return _failure(exc)
+
+
+def pair_task(key_a: str, key_b: str, spec_a: str, spec_b: str, cache_root: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Score one pair from two cache entries; returns ``PairResult.to_dict()`` or ``{"error": ...}``."""
+    from awmtrace.collections.cache import CacheCorrupt, ModelCache
+    from awmtrace.collections.pairs import score_pair
+
+    cache = ModelCache(cache_root)
+    ea, eb = cache.open(key_a), cache.open(key_b)
+    if ea is None or eb is None:
+        return {"error": "a cache entry is missing or failed its checks", "error_class": "CacheCorrupt", "stale": True}
+    try:
+        return score_pair(ea, eb, spec_a=spec_a, spec_b=spec_b, **options).to_dict()
+    except CacheCorrupt as exc:
+        for e in (ea, eb):
+            cache.discard(e.path, str(exc))
+        return {**_failure(exc), "stale": True, "notes": cache.notes}
+    except (AwmError, OSError, ValueError, MemoryError) as exc:
+        return _failure(exc)
+    finally:
+        ea.close()
+        eb.close()
+
+
+Job = tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]
+
+
+class Engine:
+    """Runs jobs ``(function, args)``; :meth:`run` yields ``(job index, result)`` as jobs finish."""
+
+    name = "local"
+    workers = 1
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+        for i, (fn, args) in enumerate(jobs):
+            yield i, fn(*args)
+
+    def close(self) -> None:
+        return None
+
+
+class LocalEngine(Engine):
+    """``workers`` processes on this machine (no Ray); one worker runs jobs in this process."""
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.workers == 1 or len(jobs) <= 1:
+            yield from super().run(jobs)
+            return
+        if self._pool is None:
+            # spawn: a fresh interpreter per worker, no copy of this process's BLAS threads or locks.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        futures: dict[Future[dict[str, Any]], int] = {self._pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield futures[f], f.result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast with one line when ``HOST:PORT`` does not answer (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); start one with `ray start --head` or fix --ray-address"
+        ) from None
+
+
+class RayEngine(Engine):
+    """Jobs as Ray tasks on an existing cluster (``address``: ``auto`` or ``HOST:PORT``), or a local one when ``address`` is ``None``."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise OptionalDependencyMissing("--engine ray needs Ray: pip install 'awmtrace[ray]'") from None
+        self.ray = ray
+        self._started = False
+        if address not in (None, "auto") and not ray.is_initialized():
+            _check_reachable(address)
+        if not ray.is_initialized():
+            try:
+                if address is None:
+                    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UsageError(
+                    f"cannot reach a Ray cluster at {address!r} ({first_line(exc)}); start one with `ray start --head` or fix --ray-address"
+                ) from None
+            self._started = True
+        self.workers = int(ray.cluster_resources().get("CPU", 1))
+        self._remote: dict[Callable[..., Any], Any] = {}
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+        ray = self.ray
+        refs = {}
+        for i, (fn, args) in enumerate(jobs):
+            remote = self._remote.get(fn)
+            if remote is None:
+                remote = self._remote[fn] = ray.remote(num_cpus=1, max_retries=1)(fn)
+            refs[remote.remote(*args)] = i
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield refs[ref], ray.get(ref)
+
+    def close(self) -> None:
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
+
+
+def make_engine(engine: str = "local", workers: int = 1, ray_address: str | None = None) -> Engine:
+    if engine == "local":
+        return LocalEngine(workers)
+    if engine == "ray":
+        return RayEngine(ray_address)
+    raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
