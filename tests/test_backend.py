@@ -36,11 +36,15 @@ def test_pipeline_on_torch_backend_matches_cpu(family: dict[str, Path]) -> None:
         assert tor.layer_matching["pairs"] == cpu.layer_matching["pairs"]
 
 
-def test_auto_falls_back_to_cpu_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_cpu_with_a_note_only_when_cuda_was_expected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # a CUDA build that sees no GPU: worth a note
     backend, note = select_backend("auto")
     assert backend.name == "cpu"
-    assert note is not None and "CUDA" in note
+    assert note is not None and "sees no CUDA device" in note
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only build: the CPU is what auto means, no note
+    backend, note = select_backend("auto")
+    assert backend.name == "cpu" and note is None
     with pytest.raises(OptionalDependencyMissing, match="--device cuda is not available"):
         select_backend("cuda")
     with pytest.raises(UsageError, match="unknown device"):

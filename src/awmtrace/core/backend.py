@@ -135,7 +135,9 @@ def _torch_cuda() -> tuple[bool, str]:
     except ImportError:
         return False, "PyTorch is not installed (pip install 'awmtrace[torch]')"
     if not torch.cuda.is_available():
-        return False, "PyTorch sees no CUDA device"
+        if getattr(torch.version, "cuda", None) is None:
+            return False, "PyTorch is a CPU-only build"
+        return False, "PyTorch was built with CUDA but sees no CUDA device"
     return True, ""
 
 
@@ -153,8 +155,9 @@ def select_backend(device: str) -> tuple[Backend, str | None]:
         if ok:
             return TorchBackend("cuda" if device == "auto" else device), None
         if device == "auto":
-            if why.startswith("PyTorch is not installed"):
-                # The ordinary CPU install: computing on the CPU is what auto means there; the result's device says so.
+            if why.startswith(("PyTorch is not installed", "PyTorch is a CPU-only build")):
+                # An ordinary CPU machine: computing on the CPU is what auto means there; the result's device says so.
+                # Only a CUDA build that sees no GPU (a driver or container problem) is worth a note.
                 log.info("device auto: %s; computing on the CPU", why)
                 return NumpyBackend(), None
             return NumpyBackend(), f"device auto: {why}; computed on the CPU"
