@@ -30,12 +30,13 @@ from awmtrace.io.base import (
     is_regular_file,
     open_regular,
     os_error,
+    plain_relative_name,
     read_json,
     read_raw_into,
     to_float32,
 )
 
-__all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path"]
+__all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path", "shard_name"]
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -53,31 +54,27 @@ def _open(path: Path):  # returns safe_open's handle, whose type is private
         raise FormatError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
 
 
-def shard_path(folder: Path, name: object, index: Path) -> Path:
-    """``folder / name`` for a shard named in an index, refusing names that leave ``folder``.
+def shard_name(name: object, index: Path | str) -> str:
+    """``name`` (a shard named in ``index``), refused unless it is a plain relative name inside the index's folder.
 
     An index may only name files of its own directory: a plain relative name
     (sub-folders allowed) with no ``..``, no absolute path, no drive letter and
     no backslash. The *name* is checked, not where a symbolic link points:
     the Hugging Face cache links every snapshot file into its blob store.
+    Used for local indexes and for the Hub's alike.
     """
     text = str(name)
-    parts = text.split("/")
-    bad = (
-        not isinstance(name, str)
-        or not text
-        or "\\" in text
-        or "\0" in text
-        or text.startswith("/")
-        or (len(text) >= 2 and text[1] == ":")
-        or any(part in ("", ".", "..") for part in parts)
-    )
-    if bad:
+    if not isinstance(name, str) or not plain_relative_name(text):
         raise FormatError(
             f"{index}: refused shard name {text[:120]!r}: an index may only name files inside its own directory "
             "(plain relative names, no '..', no absolute path, no drive letter or backslash); the index is damaged or hostile"
         )
-    return folder / text
+    return text
+
+
+def shard_path(folder: Path, name: object, index: Path | str) -> Path:
+    """``folder / name`` for a shard named in an index, refusing names that leave ``folder`` (see :func:`shard_name`)."""
+    return folder / shard_name(name, index)
 
 
 _short = first_line  # the one-line form of an error, as every reader words it

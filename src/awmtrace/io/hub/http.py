@@ -18,6 +18,7 @@ from typing import Any
 
 from awmtrace._version import __version__
 from awmtrace.errors import AwmError, HubError, first_line
+from awmtrace.io.base import plain_relative_name
 from awmtrace.io.hub.repo import COMMIT_RE, RepoRef, endpoint
 
 __all__ = ["HubSession", "RemoteFile", "Unreachable", "Progress", "TIMEOUT_S", "MAX_RETRIES", "RETRY_WAIT_S"]
@@ -135,7 +136,7 @@ class HubSession:
                 raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists {s.rfilename} without a size")
             # Names become paths in the cache: a listing must not reach outside it.
             name = str(s.rfilename)
-            if not name or name.startswith("/") or "\\" in name or ".." in name.split("/"):
+            if not plain_relative_name(name):
                 raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists a file named {name!r}, which is not a plain relative path")
             files[s.rfilename] = RemoteFile(s.rfilename, int(size), sha or s.blob_id, lfs is not None)
         return commit, files
