@@ -8,9 +8,7 @@ piling up layer after layer.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,6 +33,7 @@ from awmtrace.io.base import (
     read_raw_into,
     to_float32,
 )
+from awmtrace.io.safetensors_header import read_header
 
 __all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path", "shard_name"]
 
@@ -176,27 +175,15 @@ class SafetensorsSource(TensorSource):
         return out
 
     def _file_layouts(self, file: Path) -> dict[str, RawLayout]:
-        """Byte ranges of a file's plain tensors, from its header (8-byte length, JSON; see the safetensors spec).
-
-        ``safe_open`` has already validated the header when the source was
-        opened; only the offsets it does not expose are read here.
-        """
+        """Byte ranges of a file's plain tensors, from its header, read by the one header parser (:func:`read_header`)."""
         layouts = self._layouts.get(file)
         if layouts is None:
-            layouts = {}
-            try:
-                with open_regular(file, "safetensors file") as fh:
-                    (size,) = struct.unpack("<Q", fh.read(8))
-                    header = json.loads(fh.read(size))
-            except OSError as exc:
-                raise os_error(file, exc) from None
-            except (struct.error, ValueError, RecursionError) as exc:
-                raise FormatError(f"{file}: cannot read the safetensors header ({_short(exc)})") from None
-            for name, info in header.items():
-                if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") not in RAW_DTYPES:
-                    continue
-                begin, end = (int(v) for v in info["data_offsets"])
-                layouts[name] = RawLayout(file, 8 + size + begin, end - begin, info["dtype"], tuple(int(d) for d in info["shape"]))
+            h = read_header(file)
+            layouts = {
+                t.name: RawLayout(file, h.data_start + t.begin, t.nbytes, t.dtype, t.shape)
+                for t in h.tensors.values()
+                if t.dtype in RAW_DTYPES
+            }
             self._layouts[file] = layouts
         return layouts
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from awmtrace.errors import FormatError
+from awmtrace.io.base import open_regular, os_error, parse_json
 
 __all__ = [
     "DTYPE_BYTES",
@@ -106,9 +107,9 @@ def _entry(name: str, entry: object, where: str) -> HeaderTensor:
 def parse_header(file: str, raw: bytes, header_len: int, file_size: int, where: str) -> SafetensorsHeader:
     """Parse the JSON header ``raw`` and check it against the file size: offsets contiguous, sizes equal to shape x dtype."""
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise _bad(where, f"not JSON: {exc}") from None
+        data = parse_json(raw, where, "safetensors header")
+    except FormatError as exc:
+        raise _bad(where, f"not JSON: {str(exc).removeprefix(f'{where}: ')}") from None
     if not isinstance(data, dict):
         raise _bad(where, "not a JSON object")
     meta = data.pop("__metadata__", None) or {}
@@ -125,18 +126,16 @@ def parse_header(file: str, raw: bytes, header_len: int, file_size: int, where: 
     return SafetensorsHeader(file, file_size, header_len, {str(k): str(v) for k, v in meta.items()}, {t.name: t for t in tensors})
 
 
-def read_header(path: str) -> SafetensorsHeader:
+def read_header(path: str | Path) -> SafetensorsHeader:
     """The checked header of a local safetensors file (a regular file; FIFOs and devices are refused unopened)."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path}: not a regular file; expected a safetensors file")
-        with open(path, "rb") as fh:
-            n = header_length(fh.read(8), st.st_size, path)
+    with open_regular(path, "safetensors file") as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            n = header_length(fh.read(8), size, str(path))
             raw = fh.read(n)
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read the safetensors header ({exc.strerror or exc})") from None
-    return parse_header(os.path.basename(path), raw, n, st.st_size, path)
+        except OSError as exc:
+            raise os_error(path, exc) from None
+    return parse_header(os.path.basename(path), raw, n, size, str(path))
 
 
 def write_header(tensors: Iterable[HeaderTensor], metadata: dict[str, str]) -> bytes:
