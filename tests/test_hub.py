@@ -445,3 +445,20 @@ def test_hub_json_goes_through_the_local_readers_checks(server: HubServer, model
     with pytest.raises(FormatError, match=r"acme/badjson@\w+: model\.safetensors\.index\.json: JSON file (holds|is)") as info:
         fetch("acme/badjson")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": [{"rfilename": "config.json", "size": 1e999}]}', "not finite"),
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": [{"rfilename": "config.json", "size": -5}]}', "lists config.json without a size"),
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": [{"rfilename": "a/../../x.json", "size": 2}]}', "not a plain relative path"),
+    ],
+)
+def test_repo_info_is_read_with_the_local_readers_checks(server: HubServer, tmp_path: Path, body: bytes, match: str) -> None:
+    server.add_repo("acme/liar", {"config.json": b"{}"}).info_body = body
+    with pytest.raises(HubError, match=match) as info:
+        fetch("acme/liar")
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("x.json"))
