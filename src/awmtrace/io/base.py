@@ -29,6 +29,8 @@ __all__ = [
     "RowReader",
     "RawLayout",
     "RawBuffer",
+    "RAW_DTYPES",
+    "SAFETENSORS_DTYPES",
     "read_raw_into",
     "read_json",
     "load_json",
@@ -45,8 +47,18 @@ __all__ = [
     "os_error",
 ]
 
+#: The one table of safetensors element types: bytes per element, and the numpy dtype that
+#: :func:`read_raw_into` copies byte for byte (``None``: not read raw; ``BF16`` as its ``uint16`` bits).
+#: Sub-byte types are not listed. :data:`RAW_DTYPES` and ``safetensors_header.DTYPE_BYTES`` are views of it.
+SAFETENSORS_DTYPES: dict[str, tuple[int, np.dtype[Any] | None]] = {
+    "BOOL": (1, None), "U8": (1, None), "I8": (1, None), "F8_E5M2": (1, None), "F8_E4M3": (1, None), "F8_E8M0": (1, None),
+    "I16": (2, None), "U16": (2, None), "F16": (2, np.dtype("<f2")), "BF16": (2, np.dtype("<u2")),
+    "I32": (4, None), "U32": (4, None), "F32": (4, np.dtype("<f4")),
+    "I64": (8, None), "U64": (8, None), "F64": (8, None), "C64": (8, None),
+}  # fmt: skip
+
 #: Stored element types that :func:`read_raw_into` copies byte for byte.
-RAW_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+RAW_DTYPES: dict[str, np.dtype[Any]] = {name: dt for name, (_, dt) in SAFETENSORS_DTYPES.items() if dt is not None}
 
 #: The one table of stored weight types (safetensors and PyTorch spellings) -> canonical name.
 #: Only floating types whose values are the weights themselves are read; the others are refused

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from awmtrace.errors import FormatError
-from awmtrace.io.base import open_regular, os_error, parse_json
+from awmtrace.io.base import SAFETENSORS_DTYPES, open_regular, os_error, parse_json
 
 __all__ = [
     "DTYPE_BYTES",
@@ -32,13 +32,8 @@ __all__ = [
     "write_header",
 ]
 
-#: Bytes per element of the safetensors dtypes (sub-byte types are not sized).
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
-}  # fmt: skip
+#: Bytes per element of the safetensors dtypes (a view of the one table, ``io.base.SAFETENSORS_DTYPES``).
+DTYPE_BYTES = {name: size for name, (size, _) in SAFETENSORS_DTYPES.items()}
 
 #: The safetensors reference implementation refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
