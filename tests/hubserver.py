@@ -103,6 +103,7 @@ class Repo:
     refs: dict[str, str] = field(default_factory=dict)
     gated: bool = False
     tokens: set[str] = field(default_factory=set)
+    info_body: bytes | None = None  # served instead of the repo info built from ``files`` (a hostile or broken Hub)
 
 
 @dataclass
@@ -296,6 +297,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id, head)
         if repo is None:
             return
+        if repo.info_body is not None:
+            return self._send(200, {"Content-Type": "application/json"}, repo.info_body, head)
         commit = repo.commit
         if len(rest) >= 2 and rest[0] == "revision":
             rev = unquote("/".join(rest[1:]))

@@ -412,3 +412,53 @@ def test_a_listing_that_names_paths_outside_the_repo_is_refused(server: HubServe
     with pytest.raises(HubError, match=r"lists a file named '\.\./\.\./escape\.safetensors', which is not a plain relative path"):
         fetch("acme/evil")
     assert not list(tmp_path.rglob("escape*"))
+
+
+@pytest.mark.parametrize("bad", ["../../evil.safetensors", "/tmp/evil.safetensors", "sub\\..\\..\\evil.safetensors"])
+def test_an_index_that_names_shards_outside_the_repo_is_refused(
+    server: HubServer, models: dict[str, Path], tmp_path: Path, bad: str
+) -> None:
+    shard = models["big"] / "model-00001-of-00002.safetensors"
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": shard.name, "model.norm.weight": bad}}
+    server.add_repo(
+        "acme/hostile",
+        {
+            "config.json": (models["big"] / "config.json").read_bytes(),
+            "model.safetensors.index.json": json.dumps(index).encode(),
+            shard.name: shard.read_bytes(),
+        },
+    )
+    with pytest.raises(FormatError, match=r"refused shard name .*evil\.safetensors.* inside its own directory") as info:
+        fetch("acme/hostile")
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("*evil*")) and not Path("/tmp/evil.safetensors").exists()
+    # Refused before any weight byte was asked for: only the listing and the index itself were read.
+    assert not any(shard.name in path for _, path, _ in server.requests)
+
+
+@pytest.mark.parametrize("body", [b'{"weight_map": {"a": "m.safetensors"}, "x": 1e999}', b"[" * 100_000, b"\xff\xfe"])
+def test_hub_json_goes_through_the_local_readers_checks(server: HubServer, models: dict[str, Path], body: bytes) -> None:
+    server.add_repo(
+        "acme/badjson",
+        {"config.json": (models["big"] / "config.json").read_bytes(), "model.safetensors.index.json": body, "m.safetensors": b"x" * 16},
+    )
+    with pytest.raises(FormatError, match=r"acme/badjson@\w+: model\.safetensors\.index\.json: JSON file (holds|is)") as info:
+        fetch("acme/badjson")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": [{"rfilename": "config.json", "size": 1e999}]}', "not finite"),
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": [{"rfilename": "config.json", "size": -5}]}', "lists config.json without a size"),
+        (b'{"sha": "' + b"a" * 40 + b'", "siblings": [{"rfilename": "a/../../x.json", "size": 2}]}', "not a plain relative path"),
+    ],
+)
+def test_repo_info_is_read_with_the_local_readers_checks(server: HubServer, tmp_path: Path, body: bytes, match: str) -> None:
+    server.add_repo("acme/liar", {"config.json": b"{}"}).info_body = body
+    with pytest.raises(HubError, match=match) as info:
+        fetch("acme/liar")
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("x.json"))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from awmtrace import synth
-from awmtrace.arch.resolve import read_attention
+from awmtrace.arch.resolve import read_attention, read_norm
 from awmtrace.pipeline import compare, open_model
 
 pytestmark = pytest.mark.integration
@@ -57,6 +57,9 @@ def smollm2_derived(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     with open_model(smollm2) as m:
         embed = m.source.read(m.view.embedding.name)
         qs, ks = zip(*(read_attention(m.source, m.view, layer) for layer in m.view.layers), strict=True)
+        # The real norm gains travel with the copy (a derivative keeps them); they are folded on both sides.
+        gains = [read_norm(m.source, m.view, layer.attn_norm) for layer in m.view.layers if layer.attn_norm is not None]
+        assert len(gains) == len(qs)
         tokens = list(m.source.field("tokenizer.ggml.tokens"))
         n_heads, n_kv = m.view.n_heads, m.view.n_kv_heads
     hidden, n_layers = embed.shape[1], len(qs)
@@ -74,6 +77,7 @@ def smollm2_derived(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         n_kv_heads=n_kv,
         head_dim=hidden // n_heads,
         tokens=tokens,
+        attn_norm=gains,
     )
     moved, _, _ = synth.permute_hidden(synth.drift(real, 0.2, seed=3), seed=4)
     return synth.write_hf(moved, tmp_path_factory.mktemp("smollm2") / "derived", dtype="bfloat16", shards=2)
@@ -122,4 +126,10 @@ def test_real_bert_depth_pruned_copy_is_matched(minilm: Path, tmp_path: Path) ->
     shutil.copy(minilm / "tokenizer.json", out / "tokenizer.json")
     r = compare(minilm, out, device="cpu")
     assert r.layer_matching["pairs"] == [[i, j] for j, i in enumerate(kept)]
-    assert r.score == pytest.approx(1.0, abs=1e-4)
+    # Post-LN: a block's Q/K are scored with the gain of the LayerNorm that produced its input, i.e. the previous
+    # kept block's output norm. Where pruning kept that predecessor (layers 0 and 3), the copy is exact; where it
+    # removed it (2 now follows 0, 5 follows 3), the input norm differs and the layer scores a little below 1.
+    by_layer = {s.index_a: s.score for s in r.layers}
+    assert by_layer[0] == pytest.approx(1.0, abs=1e-4) and by_layer[3] == pytest.approx(1.0, abs=1e-4)
+    assert 0.95 < by_layer[2] < 1.0 - 1e-4 and 0.95 < by_layer[5] < 1.0 - 1e-4
+    assert r.verdict.label == "related" and r.score > 0.99

@@ -65,3 +65,11 @@ def test_lengths_that_do_not_fit_and_non_regular_files_are_refused(tmp_path: Pat
     os.mkfifo(tmp_path / "fifo.safetensors")
     with pytest.raises(FormatError, match="not a regular file"):
         read_header(str(tmp_path / "fifo.safetensors"))
+
+
+def test_one_dtype_table_sizes_the_raw_reads() -> None:
+    from awmtrace.io.base import RAW_DTYPES, SAFETENSORS_DTYPES
+    from awmtrace.io.safetensors_header import DTYPE_BYTES
+
+    assert set(RAW_DTYPES) == {"F32", "F16", "BF16"} and set(DTYPE_BYTES) == set(SAFETENSORS_DTYPES)
+    assert all(RAW_DTYPES[k].itemsize == DTYPE_BYTES[k] for k in RAW_DTYPES)

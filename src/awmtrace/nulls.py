@@ -220,71 +220,18 @@ def calibrate_null(
     times the last one counts. ``std`` is the sample standard deviation
     (``ddof=1``). Cross-size pairs are kept and listed.
     """
-    chosen: dict[tuple[Any, str, str], Any] = {}
-    n_related = n_seen = 0
-    for rec in pairs:
-        n_seen += 1
-        if rec.label == "related":
-            n_related += 1
-            continue
-        chosen[(rec.suite, rec.name_a, rec.name_b)] = rec
+    chosen, n_related, n_seen = _independent_records(pairs)
     where = source or "the given results"
     if not chosen:
         extra = f" ({n_related} were labelled related)" if n_related else ""
         raise StatsError(f"{where}: no stored results of independent pairs to calibrate from{extra}; run an independent suite first")
-    rows = []
-    for rec in chosen.values():
-        score = (rec.result or {}).get("score")
-        if not isinstance(score, int | float) or not math.isfinite(score):
-            raise StatsError(f"{where}: result of {rec.name_a} vs {rec.name_b} has no finite score ({score!r})")
-        al = rec.result.get("alignment") or {}
-        lm = rec.result.get("layer_matching") or {}
-        rows.append(
-            {
-                "alignment": alignment_method(rec.result),
-                "suite": rec.suite,
-                "a": rec.name_a,
-                "b": rec.name_b,
-                "score": float(score),
-                "cross_size": is_cross_size(rec.result),
-                "hidden_sizes": [al.get("hidden_size_a"), al.get("hidden_size_b")],
-                "n_layers": [lm.get("n_layers_a"), lm.get("n_layers_b")],
-                "tool_version": rec.tool_version,
-            }
-        )
+    rows = [_calibration_row(rec, where) for rec in chosen.values()]
     scores = [r["score"] for r in rows]
-    if len(scores) < 2:
-        raise StatsError(f"{where}: only {len(scores)} independent pair stored; a null needs at least 2 (the paper used 90)")
-    mean = math.fsum(scores) / len(scores)
-    std = math.sqrt(math.fsum((s - mean) ** 2 for s in scores) / (len(scores) - 1))
-    if not std > 0:
-        raise StatsError(
-            f"{where}: all {len(scores)} independent pairs score {scores[0]:.6g}; a null with no variance cannot give z-scores"
-        )
+    mean, std = _mean_std(scores, where)
     suite_names = sorted({str(r["suite"]) for r in rows if r["suite"] is not None} | set(suites))
-    cross = [f"{r['a']} vs {r['b']}" for r in rows if r["cross_size"]]
-    notes = []
-    if len(scores) < 30:
-        notes.append(f"only {len(scores)} pairs: the normal tail (z, p_value) is a long extrapolation; prefer the empirical p-value")
-    versions = sorted({str(r["tool_version"]) for r in rows})
-    if len(versions) > 1:
-        notes.append(f"scores come from several awmtrace versions: {', '.join(versions)}")
-    provenance = {
-        "kind": "calibrated from stored results of independent pairs",
-        "built_by": f"awmtrace {__version__}",
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "from": where,
-        "suites": suite_names,
-        "tool_versions": versions,
-        "std": "sample standard deviation (ddof=1) of the raw scores",
-        "n_cross_size": len(cross),
-        "cross_size_pairs": cross,
-        "pairs_cover": "same-size and cross-size pairs" if cross else "same-size pairs only",
-        "alignment_methods": sorted({str(r["alignment"]) for r in rows}),
-        "excluded": {"related": n_related, "repeated": n_seen - n_related - len(rows)},
-        "pairs": rows,
-        "notes": notes,
-    }
+    provenance = _calibration_provenance(
+        rows, where, suite_names, excluded={"related": n_related, "repeated": n_seen - n_related - len(rows)}
+    )
     default_name = "calibrated-" + "+".join(suite_names) if suite_names else "calibrated"
     return NullModel(
         name=name or default_name,
@@ -295,6 +242,79 @@ def calibrate_null(
         provenance=provenance,
         source=None,
     )
+
+
+def _independent_records(pairs: Iterable[Any]) -> tuple[dict[tuple[Any, str, str], Any], int, int]:
+    """``(records by (suite, a, b), n labelled related, n seen)``: the last record of each pair not labelled related."""
+    chosen: dict[tuple[Any, str, str], Any] = {}
+    n_related = n_seen = 0
+    for rec in pairs:
+        n_seen += 1
+        if rec.label == "related":
+            n_related += 1
+            continue
+        chosen[(rec.suite, rec.name_a, rec.name_b)] = rec
+    return chosen, n_related, n_seen
+
+
+def _calibration_row(rec: Any, where: str) -> dict[str, Any]:
+    """One pair of a calibrated null's provenance: names, raw score, sizes, the awmtrace version that scored it."""
+    score = (rec.result or {}).get("score")
+    if not isinstance(score, int | float) or not math.isfinite(score):
+        raise StatsError(f"{where}: result of {rec.name_a} vs {rec.name_b} has no finite score ({score!r})")
+    al = rec.result.get("alignment") or {}
+    lm = rec.result.get("layer_matching") or {}
+    return {
+        "alignment": alignment_method(rec.result),
+        "suite": rec.suite,
+        "a": rec.name_a,
+        "b": rec.name_b,
+        "score": float(score),
+        "cross_size": is_cross_size(rec.result),
+        "hidden_sizes": [al.get("hidden_size_a"), al.get("hidden_size_b")],
+        "n_layers": [lm.get("n_layers_a"), lm.get("n_layers_b")],
+        "tool_version": rec.tool_version,
+    }
+
+
+def _mean_std(scores: list[float], where: str) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``) of at least 2 scores that are not all equal."""
+    if len(scores) < 2:
+        raise StatsError(f"{where}: only {len(scores)} independent pair stored; a null needs at least 2 (the paper used 90)")
+    mean = math.fsum(scores) / len(scores)
+    std = math.sqrt(math.fsum((s - mean) ** 2 for s in scores) / (len(scores) - 1))
+    if not std > 0:
+        raise StatsError(
+            f"{where}: all {len(scores)} independent pairs score {scores[0]:.6g}; a null with no variance cannot give z-scores"
+        )
+    return mean, std
+
+
+def _calibration_provenance(rows: list[dict[str, Any]], where: str, suite_names: list[str], excluded: dict[str, int]) -> dict[str, Any]:
+    """What a calibrated null was built from, by which version and when, with caveats as ``notes``."""
+    cross = [f"{r['a']} vs {r['b']}" for r in rows if r["cross_size"]]
+    notes = []
+    if len(rows) < 30:
+        notes.append(f"only {len(rows)} pairs: the normal tail (z, p_value) is a long extrapolation; prefer the empirical p-value")
+    versions = sorted({str(r["tool_version"]) for r in rows})
+    if len(versions) > 1:
+        notes.append(f"scores come from several awmtrace versions: {', '.join(versions)}")
+    return {
+        "kind": "calibrated from stored results of independent pairs",
+        "built_by": f"awmtrace {__version__}",
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "from": where,
+        "suites": suite_names,
+        "tool_versions": versions,
+        "std": "sample standard deviation (ddof=1) of the raw scores",
+        "n_cross_size": len(cross),
+        "cross_size_pairs": cross,
+        "alignment_methods": sorted({str(r["alignment"]) for r in rows}),
+        "pairs_cover": "same-size and cross-size pairs" if cross else "same-size pairs only",
+        "excluded": excluded,
+        "pairs": rows,
+        "notes": notes,
+    }
 
 
 def null_caveats(result: dict[str, Any]) -> list[str]:

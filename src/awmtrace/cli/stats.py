@@ -24,7 +24,7 @@ from awmtrace.cli.common import (
     table,
     write_output,
 )
-from awmtrace.evaluate import FPR_TARGET, MAX_FPR
+from awmtrace.evaluate import FPR_TARGET, MAX_FPR, Evaluation
 from awmtrace.report.text import fmt_num, fmt_p
 
 
@@ -156,6 +156,31 @@ def evaluate(
         emit_json(d)
         finish()
         return
+    _print_evaluation(ev)
+    for n in ev.notes:
+        note(n, style="yellow")
+    for kind, path in written.items():
+        info(f"{kind} written to {path}")
+    finish()
+
+
+def _print_evaluation(ev: Evaluation) -> None:
+    """The summary table, the |z| table of related pairs, and the pairs whose verdict disagrees with their label."""
+    console.print(_summary_table(ev))
+    console.print(f"[dim]threshold: {escape(ev.threshold['rule'])}[/]")
+    console.print(_z_table(ev))
+    wrong = [r for r in ev.pairs if (r["verdict"] == "related") != (r["label"] == "related")]
+    if wrong:
+        console.print(
+            f"[yellow]{len(wrong)} pair(s) whose verdict disagrees with the label:[/] "
+            + escape(", ".join(f"{r['a']} vs {r['b']} ({r['verdict']}, expected {r['label']})" for r in wrong[:8]))
+        )
+    mc_note = ev.multiple_comparisons["note"]
+    if mc_note:
+        console.print(f"[dim]{escape(mc_note)}[/]")
+
+
+def _summary_table(ev: Evaluation) -> Any:
     thr = ev.threshold
     t = table(show_header=False, title=f"{ev.n_related} related vs {ev.n_independent} independent pairs")
     t.add_column(style="bold")
@@ -171,8 +196,10 @@ def evaluate(
         "best threshold", f"score >= {fmt_num(thr['threshold'], 5)}{z_txt}: TPR {fmt_num(thr['tpr'], 3)}, FPR {fmt_num(thr['fpr'], 3)}"
     )
     t.add_row("margin", f"{fmt_num(thr['margin'], 5)} ({'separable' if thr['separable'] else 'classes overlap'})")
-    console.print(t)
-    console.print(f"[dim]threshold: {escape(thr['rule'])}[/]")
+    return t
+
+
+def _z_table(ev: Evaluation) -> Any:
     zt = table(title="|z| of related pairs")
     add_columns(zt, "suite", "a", "b", "score", "|z|", "p", "p Holm", "verdict", right=("score", "|z|", "p", "p Holm"), fold=("a", "b"))
     for r in ev.z_table:
@@ -186,18 +213,4 @@ def evaluate(
             escape(fmt_p(r["p_holm"])),
             escape(str(r["verdict"])),
         )
-    console.print(zt)
-    wrong = [r for r in ev.pairs if (r["verdict"] == "related") != (r["label"] == "related")]
-    if wrong:
-        console.print(
-            f"[yellow]{len(wrong)} pair(s) whose verdict disagrees with the label:[/] "
-            + escape(", ".join(f"{r['a']} vs {r['b']} ({r['verdict']}, expected {r['label']})" for r in wrong[:8]))
-        )
-    mc_note = ev.multiple_comparisons["note"]
-    if mc_note:
-        console.print(f"[dim]{escape(mc_note)}[/]")
-    for n in ev.notes:
-        note(n, style="yellow")
-    for kind, path in written.items():
-        info(f"{kind} written to {path}")
-    finish()
+    return zt

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,9 @@ from awmtrace.cli.common import (
 )
 from awmtrace.report.text import fmt_num, fmt_p
 from awmtrace.store import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from awmtrace.suites import Suite, SuiteRun
 
 suites_file_option = click.option(
     "--suites",
@@ -179,12 +182,28 @@ def run(  # noqa: PLR0913 - one parameter per click option
     0 when every pair has a result, 5 when some are missing or failed,
     1 when --fail-on matched a stored verdict.
     """
-    from awmtrace.suites import PairOutcome, get_suite, run_suite
+    from awmtrace.suites import get_suite
 
     s = get_suite(name, suites_file)
     if suites_file is not None:
         record_file_input(suites_file, "suites")
     labels: list[str] = []
+    options = {"models_dir": models_dir, "device": device, "weights": weights, "align": align, "null": null, "fetch": not no_fetch}
+    result = _run_pairs(s, store_path, options, labels, as_json, quiet)
+    if as_json:
+        _record_models(result, weights, progress_reporter(quiet or as_json))
+        emit_json(result.to_dict())
+    else:
+        counts = ", ".join(f"{result.count(k)} {k}" for k in ("done", "skipped", "missing", "failed") if result.count(k))
+        console.print(f"{escape(s.name)}: {len(result.outcomes)} pairs: {counts}; results in {escape(result.store_path)}")
+        for model, why in result.missing_models.items():
+            note(f"missing model {model}: {why}", style="yellow")
+    finish(flagged=flagged(labels, fail_on), incomplete=not result.complete)
+
+
+def _run_pairs(s: Suite, store_path: Path, options: dict[str, Any], labels: list[str], as_json: bool, quiet: bool) -> SuiteRun:
+    """Run the suite, announcing each pair before it is computed and its outcome after; verdict labels go to ``labels``."""
+    from awmtrace.suites import PairOutcome, run_suite
 
     with progress_reporter(quiet or as_json) as progress:
 
@@ -201,27 +220,7 @@ def run(  # noqa: PLR0913 - one parameter per click option
             announce(o.index + 1)
 
         announce(1)
-        result = run_suite(
-            s,
-            store=store_path,
-            models_dir=models_dir,
-            device=device,
-            weights=weights,
-            align=align,
-            null=null,
-            fetch=not no_fetch,
-            progress=progress,
-            on_pair=report,
-        )
-    if as_json:
-        _record_models(result, weights, progress_reporter(quiet or as_json))
-        emit_json(result.to_dict())
-    else:
-        counts = ", ".join(f"{result.count(k)} {k}" for k in ("done", "skipped", "missing", "failed") if result.count(k))
-        console.print(f"{escape(s.name)}: {len(result.outcomes)} pairs: {counts}; results in {escape(result.store_path)}")
-        for model, why in result.missing_models.items():
-            note(f"missing model {model}: {why}", style="yellow")
-    finish(flagged=flagged(labels, fail_on), incomplete=not result.complete)
+        return run_suite(s, store=store_path, progress=progress, on_pair=report, **options)
 
 
 def _record_models(result: Any, weights: str, reporter: Any) -> None:

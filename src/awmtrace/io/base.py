@@ -29,9 +29,14 @@ __all__ = [
     "RowReader",
     "RawLayout",
     "RawBuffer",
+    "RAW_DTYPES",
+    "SAFETENSORS_DTYPES",
     "read_raw_into",
     "read_json",
     "load_json",
+    "parse_json",
+    "parse_json_object",
+    "plain_relative_name",
     "to_float32",
     "check_weight_dtype",
     "WEIGHT_DTYPES",
@@ -42,8 +47,18 @@ __all__ = [
     "os_error",
 ]
 
+#: The one table of safetensors element types: bytes per element, and the numpy dtype that
+#: :func:`read_raw_into` copies byte for byte (``None``: not read raw; ``BF16`` as its ``uint16`` bits).
+#: Sub-byte types are not listed. :data:`RAW_DTYPES` and ``safetensors_header.DTYPE_BYTES`` are views of it.
+SAFETENSORS_DTYPES: dict[str, tuple[int, np.dtype[Any] | None]] = {
+    "BOOL": (1, None), "U8": (1, None), "I8": (1, None), "F8_E5M2": (1, None), "F8_E4M3": (1, None), "F8_E8M0": (1, None),
+    "I16": (2, None), "U16": (2, None), "F16": (2, np.dtype("<f2")), "BF16": (2, np.dtype("<u2")),
+    "I32": (4, None), "U32": (4, None), "F32": (4, np.dtype("<f4")),
+    "I64": (8, None), "U64": (8, None), "F64": (8, None), "C64": (8, None),
+}  # fmt: skip
+
 #: Stored element types that :func:`read_raw_into` copies byte for byte.
-RAW_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+RAW_DTYPES: dict[str, np.dtype[Any]] = {name: dt for name, (_, dt) in SAFETENSORS_DTYPES.items() if dt is not None}
 
 #: The one table of stored weight types (safetensors and PyTorch spellings) -> canonical name.
 #: Only floating types whose values are the weights themselves are read; the others are refused
@@ -366,6 +381,22 @@ def open_regular(path: Path | str, what: str = "file", buffering: int = -1) -> i
         raise
 
 
+def plain_relative_name(text: str) -> bool:
+    """Whether ``text`` names a file inside a folder.
+
+    That is: relative, ``/``-separated, no ``..``/``.``/empty parts, no backslash, NUL or drive letter.
+
+    Names from an index or a Hub listing become paths; only such names may.
+    """
+    return bool(text) and not (
+        "\\" in text
+        or "\0" in text
+        or text.startswith("/")
+        or (len(text) >= 2 and text[1] == ":")
+        or any(part in ("", ".", "..") for part in text.split("/"))
+    )
+
+
 #: Largest JSON or tokenizer file read whole (the largest real tokenizer.json files are ~35 MB).
 MAX_TEXT_BYTES = 256 << 20
 
@@ -397,36 +428,47 @@ def _no_constant(text: str) -> float:
     raise _NonFinite(text)
 
 
-def load_json(path: Path, what: str = "JSON file") -> Any:
-    """Parse any JSON value from ``path``; every failure becomes a one-line :class:`FormatError` naming the file.
+def parse_json(raw: bytes, where: Path | str, what: str = "JSON file") -> Any:
+    """Parse JSON bytes (read from ``where``: a path, or a Hub file); every failure becomes a one-line :class:`FormatError`.
 
     Refused: invalid UTF-8 or JSON, nesting deep enough to exhaust the parser's
     recursion, numbers that overflow a float (``1e999``) and the non-standard
-    ``NaN``/``Infinity``, integers too long to convert. A FIFO or directory
-    under the name is refused (never opened); unreadable files say why.
+    ``NaN``/``Infinity``, integers too long to convert.
     """
-    raw = read_small_file(path, what)
     try:
         return json.loads(raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
     except _NonFinite as exc:
-        raise FormatError(f"{path}: {what} holds the number {exc} which is not finite; expected finite numbers") from None
+        raise FormatError(f"{where}: {what} holds the number {exc} which is not finite; expected finite numbers") from None
     except UnicodeDecodeError as exc:
-        raise FormatError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise FormatError(f"{where}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise FormatError(f"{where}: {what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
-        raise FormatError(f"{path}: {what} is nested too deeply to parse; not a file awmtrace reads") from None
+        raise FormatError(f"{where}: {what} is nested too deeply to parse; not a file awmtrace reads") from None
     except (ValueError, OverflowError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FormatError(f"{path}: {what} holds a value that cannot be read ({first[:160]})") from None
+        raise FormatError(f"{where}: {what} holds a value that cannot be read ({first[:160]})") from None
+
+
+def parse_json_object(raw: bytes, where: Path | str, what: str = "JSON file") -> dict[str, Any]:
+    """Parse JSON bytes (see :func:`parse_json`), refusing anything but an object."""
+    data = parse_json(raw, where, what)
+    if not isinstance(data, dict):
+        raise FormatError(f"{where}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def load_json(path: Path, what: str = "JSON file") -> Any:
+    """Parse any JSON value from the file ``path`` (see :func:`parse_json`); every failure is a one-line :class:`FormatError`.
+
+    A FIFO or directory under the name is refused (never opened); unreadable files say why.
+    """
+    return parse_json(read_small_file(path, what), path, what)
 
 
 def read_json(path: Path, what: str = "JSON file") -> dict[str, Any]:
     """Parse a JSON object file (see :func:`load_json`), refusing anything but an object."""
-    data = load_json(path, what)
-    if not isinstance(data, dict):
-        raise FormatError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    return parse_json_object(read_small_file(path, what), path, what)
 
 
 def to_float32(array: np.ndarray, where: str) -> np.ndarray:

@@ -8,9 +8,7 @@ piling up layer after layer.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,12 +28,14 @@ from awmtrace.io.base import (
     is_regular_file,
     open_regular,
     os_error,
+    plain_relative_name,
     read_json,
     read_raw_into,
     to_float32,
 )
+from awmtrace.io.safetensors_header import read_header
 
-__all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path"]
+__all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path", "shard_name"]
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -53,31 +53,27 @@ def _open(path: Path):  # returns safe_open's handle, whose type is private
         raise FormatError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
 
 
-def shard_path(folder: Path, name: object, index: Path) -> Path:
-    """``folder / name`` for a shard named in an index, refusing names that leave ``folder``.
+def shard_name(name: object, index: Path | str) -> str:
+    """``name`` (a shard named in ``index``), refused unless it is a plain relative name inside the index's folder.
 
     An index may only name files of its own directory: a plain relative name
     (sub-folders allowed) with no ``..``, no absolute path, no drive letter and
     no backslash. The *name* is checked, not where a symbolic link points:
     the Hugging Face cache links every snapshot file into its blob store.
+    Used for local indexes and for the Hub's alike.
     """
     text = str(name)
-    parts = text.split("/")
-    bad = (
-        not isinstance(name, str)
-        or not text
-        or "\\" in text
-        or "\0" in text
-        or text.startswith("/")
-        or (len(text) >= 2 and text[1] == ":")
-        or any(part in ("", ".", "..") for part in parts)
-    )
-    if bad:
+    if not isinstance(name, str) or not plain_relative_name(text):
         raise FormatError(
             f"{index}: refused shard name {text[:120]!r}: an index may only name files inside its own directory "
             "(plain relative names, no '..', no absolute path, no drive letter or backslash); the index is damaged or hostile"
         )
-    return folder / text
+    return text
+
+
+def shard_path(folder: Path, name: object, index: Path | str) -> Path:
+    """``folder / name`` for a shard named in an index, refusing names that leave ``folder`` (see :func:`shard_name`)."""
+    return folder / shard_name(name, index)
 
 
 _short = first_line  # the one-line form of an error, as every reader words it
@@ -179,27 +175,15 @@ class SafetensorsSource(TensorSource):
         return out
 
     def _file_layouts(self, file: Path) -> dict[str, RawLayout]:
-        """Byte ranges of a file's plain tensors, from its header (8-byte length, JSON; see the safetensors spec).
-
-        ``safe_open`` has already validated the header when the source was
-        opened; only the offsets it does not expose are read here.
-        """
+        """Byte ranges of a file's plain tensors, from its header, read by the one header parser (:func:`read_header`)."""
         layouts = self._layouts.get(file)
         if layouts is None:
-            layouts = {}
-            try:
-                with open_regular(file, "safetensors file") as fh:
-                    (size,) = struct.unpack("<Q", fh.read(8))
-                    header = json.loads(fh.read(size))
-            except OSError as exc:
-                raise os_error(file, exc) from None
-            except (struct.error, ValueError, RecursionError) as exc:
-                raise FormatError(f"{file}: cannot read the safetensors header ({_short(exc)})") from None
-            for name, info in header.items():
-                if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") not in RAW_DTYPES:
-                    continue
-                begin, end = (int(v) for v in info["data_offsets"])
-                layouts[name] = RawLayout(file, 8 + size + begin, end - begin, info["dtype"], tuple(int(d) for d in info["shape"]))
+            h = read_header(file)
+            layouts = {
+                t.name: RawLayout(file, h.data_start + t.begin, t.nbytes, t.dtype, t.shape)
+                for t in h.tensors.values()
+                if t.dtype in RAW_DTYPES
+            }
             self._layouts[file] = layouts
         return layouts
 

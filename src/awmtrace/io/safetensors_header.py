@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from awmtrace.errors import FormatError
+from awmtrace.io.base import SAFETENSORS_DTYPES, open_regular, os_error, parse_json
 
 __all__ = [
     "DTYPE_BYTES",
@@ -31,13 +32,8 @@ __all__ = [
     "write_header",
 ]
 
-#: Bytes per element of the safetensors dtypes (sub-byte types are not sized).
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
-}  # fmt: skip
+#: Bytes per element of the safetensors dtypes (a view of the one table, ``io.base.SAFETENSORS_DTYPES``).
+DTYPE_BYTES = {name: size for name, (size, _) in SAFETENSORS_DTYPES.items()}
 
 #: The safetensors reference implementation refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
@@ -106,9 +102,9 @@ def _entry(name: str, entry: object, where: str) -> HeaderTensor:
 def parse_header(file: str, raw: bytes, header_len: int, file_size: int, where: str) -> SafetensorsHeader:
     """Parse the JSON header ``raw`` and check it against the file size: offsets contiguous, sizes equal to shape x dtype."""
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise _bad(where, f"not JSON: {exc}") from None
+        data = parse_json(raw, where, "safetensors header")
+    except FormatError as exc:
+        raise _bad(where, f"not JSON: {str(exc).removeprefix(f'{where}: ')}") from None
     if not isinstance(data, dict):
         raise _bad(where, "not a JSON object")
     meta = data.pop("__metadata__", None) or {}
@@ -125,18 +121,16 @@ def parse_header(file: str, raw: bytes, header_len: int, file_size: int, where: 
     return SafetensorsHeader(file, file_size, header_len, {str(k): str(v) for k, v in meta.items()}, {t.name: t for t in tensors})
 
 
-def read_header(path: str) -> SafetensorsHeader:
+def read_header(path: str | Path) -> SafetensorsHeader:
     """The checked header of a local safetensors file (a regular file; FIFOs and devices are refused unopened)."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path}: not a regular file; expected a safetensors file")
-        with open(path, "rb") as fh:
-            n = header_length(fh.read(8), st.st_size, path)
+    with open_regular(path, "safetensors file") as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            n = header_length(fh.read(8), size, str(path))
             raw = fh.read(n)
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read the safetensors header ({exc.strerror or exc})") from None
-    return parse_header(os.path.basename(path), raw, n, st.st_size, path)
+        except OSError as exc:
+            raise os_error(path, exc) from None
+    return parse_header(os.path.basename(path), raw, n, size, str(path))
 
 
 def write_header(tensors: Iterable[HeaderTensor], metadata: dict[str, str]) -> bytes:

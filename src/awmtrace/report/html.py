@@ -149,16 +149,48 @@ def pair_report_html(result: dict[str, Any]) -> str:
     verdict = result.get("verdict") or {}
     label = str(verdict.get("label", "unknown"))
     null = result.get("null") or {}
-    al = result.get("alignment") or {}
-    lm = result.get("layer_matching") or {}
-    name_a, name_b = short_name(result.get("a")), short_name(result.get("b"))
-    title = f"{name_a} vs {name_b}"
+    title = f"{short_name(result.get('a'))} vs {short_name(result.get('b'))}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        f"<title>awmtrace: {escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f'<p><span class="verdict {escape(label)}">{escape(label.upper())}</span> '
+        f'<span class="rule">score {fmt_num(result.get("score"))}, z = {fmt_num(result.get("z"), 2)}, '
+        f"p {_p_relation(result.get('p_value'))}</span></p>",
+        "<h2>Evidence</h2>",
+        _evidence(result, verdict, null),
+        # The alignment caveat is also a result note: show it once.
+        "".join(f'<p class="caveat">{escape(c)}</p>' for c in null_caveats(result) if c not in set(result.get("notes") or [])),
+        "<p class='note'>z counts how many standard deviations of the null (scores of independent model pairs) the "
+        "score lies above the null mean. The normal-tail p-value is P(Z &ge; z) for a standard normal; the empirical "
+        "p-value, when the null has raw scores, is (k+1)/(n+1) with k of its n pairs scoring at least as high.</p>",
+        "<h2>Per-layer similarity</h2>",
+        f'<figure><img alt="per-layer Wq and Wk similarity of {escape(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>',
+        "<h2>Models</h2>",
+        _model_rows(result),
+        "<h2>Alignment and layer matching</h2>",
+        _table(_alignment_rows(result.get("alignment") or {}, result.get("layer_matching") or {})),
+        "<h2>Per layer</h2>",
+        _layer_grid(result.get("layers") or []),
+        _audit(result.get("audit")),
+        *_ffn_section(result.get("ffn")),
+        *_null_section(null),
+        *_notes_and_footer(result),
+    ]
+    return "\n".join(parts) + "\n"
 
+
+def _evidence(result: dict[str, Any], verdict: dict[str, Any], null: dict[str, Any]) -> str:
+    """The table of score, z, p-values, rule and null behind the verdict."""
     emp = result.get("p_empirical")
     res = null.get("empirical_resolution")
     emp_txt = f"{_hp(emp)} (resolution 1/(n+1) = {_hp(res)})" if emp is not None else "n/a (the null holds no raw scores)"
     thresholds = verdict.get("thresholds") or {}
-    evidence = _table(
+    return _table(
         [
             ("score (mean of Wq, Wk)", fmt_num(result.get("score"))),
             ("score_q / score_k", f"{fmt_num(result.get('score_q'))} / {fmt_num(result.get('score_k'))}"),
@@ -176,11 +208,12 @@ def pair_report_html(result: dict[str, Any]) -> str:
             ),
         ]
     )
-    noted = set(result.get("notes") or [])  # the alignment caveat is also a result note; show it once
-    caveats = "".join(f'<p class="caveat">{escape(c)}</p>' for c in null_caveats(result) if c not in noted)
 
+
+def _alignment_rows(al: dict[str, Any], lm: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows describing the hidden-dimension alignment and the layer matching."""
     base = "A" if al.get("base") == "a" else "B"
-    align_rows = [
+    return [
         ("method", escape(str(al.get("method", "-")))),
         ("shared tokens", escape(str(al.get("n_shared_tokens", "-")))),
         ("hidden sizes (A, B)", escape(f"{al.get('hidden_size_a')}, {al.get('hidden_size_b')}; base {base}")),
@@ -196,50 +229,34 @@ def pair_report_html(result: dict[str, Any]) -> str:
             ),
         ),
     ]
-    layer_rows = [
+
+
+def _layer_grid(layers: list[dict[str, Any]]) -> str:
+    rows = [
         [str(r.get("index_a")), str(r.get("index_b")), fmt_num(r.get("score_q")), fmt_num(r.get("score_k")), fmt_num(r.get("score"))]
-        for r in result.get("layers") or []
+        for r in layers
     ]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        f"<title>awmtrace: {escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
-        f'<p><span class="verdict {escape(label)}">{escape(label.upper())}</span> '
-        f'<span class="rule">score {fmt_num(result.get("score"))}, z = {fmt_num(result.get("z"), 2)}, '
-        f"p {_p_relation(result.get('p_value'))}</span></p>",
-        "<h2>Evidence</h2>",
-        evidence,
-        caveats,
-        "<p class='note'>z counts how many standard deviations of the null (scores of independent model pairs) the "
-        "score lies above the null mean. The normal-tail p-value is P(Z &ge; z) for a standard normal; the empirical "
-        "p-value, when the null has raw scores, is (k+1)/(n+1) with k of its n pairs scoring at least as high.</p>",
-        "<h2>Per-layer similarity</h2>",
-        f'<figure><img alt="per-layer Wq and Wk similarity of {escape(title)}" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>',
-        "<h2>Models</h2>",
-        _model_rows(result),
-        "<h2>Alignment and layer matching</h2>",
-        _table(align_rows),
-        "<h2>Per layer</h2>",
-        _grid(["layer A", "layer B", "score_q", "score_k", "score"], layer_rows, {0, 1, 2, 3, 4}),
-        _audit(result.get("audit")),
+    return _grid(["layer A", "layer B", "score_q", "score_k", "score"], rows, {0, 1, 2, 3, 4})
+
+
+def _ffn_section(ffn: Any) -> list[str]:
+    """The FFN input projections' section, or nothing when the result has none."""
+    if not (isinstance(ffn, dict) and ffn.get("layers")):
+        return []
+    ffn_rows = [
+        [escape(str(r.get("weight"))), str(r.get("index_a")), str(r.get("index_b")),
+         escape(fmt_value(r.get("expert_a"))), escape(fmt_value(r.get("expert_b"))), fmt_num(r.get("score"))]
+        for r in ffn["layers"]
+    ]  # fmt: skip
+    return [
+        "<h2>FFN input projections</h2>",
+        f"<p class='note'>{escape(str(ffn.get('note', 'reported apart from the AWM score')))}</p>",
+        _grid(["weight", "layer A", "layer B", "expert A", "expert B", "score"], ffn_rows, {1, 2, 5}),
     ]
-    ffn = result.get("ffn")
-    if isinstance(ffn, dict) and ffn.get("layers"):
-        ffn_rows = [
-            [escape(str(r.get("weight"))), str(r.get("index_a")), str(r.get("index_b")),
-             escape(fmt_value(r.get("expert_a"))), escape(fmt_value(r.get("expert_b"))), fmt_num(r.get("score"))]
-            for r in ffn["layers"]
-        ]  # fmt: skip
-        parts += [
-            "<h2>FFN input projections</h2>",
-            f"<p class='note'>{escape(str(ffn.get('note', 'reported apart from the AWM score')))}</p>",
-            _grid(["weight", "layer A", "layer B", "expert A", "expert B", "score"], ffn_rows, {1, 2, 5}),
-        ]
-    parts += [
+
+
+def _null_section(null: dict[str, Any]) -> list[str]:
+    return [
         "<h2>Null distribution</h2>",
         _table(
             [
@@ -252,17 +269,19 @@ def pair_report_html(result: dict[str, Any]) -> str:
         "<h3>Provenance</h3>",
         _provenance(null.get("provenance") or {}),
     ]
+
+
+def _notes_and_footer(result: dict[str, Any]) -> list[str]:
     notes = result.get("notes") or []
-    if notes:
-        parts += ["<h2>Notes</h2><ul>", *(f"<li>{escape(str(n))}</li>" for n in notes), "</ul>"]
+    parts = ["<h2>Notes</h2><ul>", *(f"<li>{escape(str(n))}</li>" for n in notes), "</ul>"] if notes else []
     tool = result.get("tool") or {}
-    parts += [
+    return [
+        *parts,
         f"<footer>awmtrace {escape(str(tool.get('version', '?')))}, result schema "
         f"{escape(str(result.get('schema_version', SCHEMA_VERSION)))}; computed on {escape(str(result.get('device', '?')))} "
         f"in {fmt_num(result.get('elapsed_s'), 1)} s. Drawn from the stored result; no weights were read.</footer>",
         "</body></html>",
     ]
-    return "\n".join(parts) + "\n"
 
 
 def write_pair_report(result: dict[str, Any], path: str | Path) -> Path:

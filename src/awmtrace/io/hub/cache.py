@@ -15,7 +15,6 @@ cache (``huggingface-cli download``) is used as it is.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -23,7 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from awmtrace.errors import AwmError
+from awmtrace.io.base import load_json, plain_relative_name, read_json
 from awmtrace.io.hub.repo import COMMIT_RE, RepoRef, gguf_matches, hf_hub_cache
+from awmtrace.io.safetensors_dir import shard_name
 
 __all__ = [
     "MANIFEST_NAME",
@@ -78,8 +80,8 @@ def repo_dir(root: Path, ref: RepoRef) -> Path:
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data = load_json(folder / MANIFEST_NAME, "fetch manifest")
+    except AwmError:  # absent or damaged: the snapshot is not ours, or not complete
         return None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         return None
@@ -88,7 +90,11 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 def _sized_ok(folder: Path, entry: Any, verify: bool) -> bool:
     try:
-        path = folder / str(entry.get("name", ""))
+        name = entry.get("name")
+        if not isinstance(name, str) or not plain_relative_name(name):
+            log.warning("%s: the manifest names %r, not a file of the snapshot; the snapshot will be fetched again", folder, name)
+            return False
+        path = folder / name
         if not path.is_file() or path.stat().st_size != int(entry["size"]):
             log.warning("%s: %s is missing or resized; the snapshot will be fetched again", folder, path.name)
             return False
@@ -152,10 +158,11 @@ def _complete_hf_snapshot(snap: Path) -> bool:
         index = snap / index_name
         if index.is_file():
             try:
-                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                weight_map = read_json(index, "index")["weight_map"]
+                shards = {shard_name(s, index) for s in weight_map.values()}
+            except (AwmError, KeyError, AttributeError):  # damaged or hostile: not a snapshot to use
                 return False
-            return bool(shards) and all(isinstance(s, str) and (snap / s).is_file() for s in shards)
+            return bool(shards) and all((snap / s).is_file() for s in shards)
     return any(snap.glob("*.safetensors")) or any(snap.glob("*.bin"))
 
 

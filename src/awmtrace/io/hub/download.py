@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from awmtrace.errors import FormatError, HubError, first_line
+from awmtrace.errors import AwmError, FormatError, HubError, first_line
+from awmtrace.io.base import load_json
 from awmtrace.io.hub.cache import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -94,8 +95,8 @@ class _Part:
 
     def state(self) -> dict[str, Any] | None:
         try:
-            state = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            state = load_json(self.state_file, "download state")
+        except AwmError:  # absent or damaged: start the file again
             return None
         return state if isinstance(state, dict) and all(state.get(k) == v for k, v in self.want.items()) else None
 

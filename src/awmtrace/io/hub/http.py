@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from awmtrace._version import __version__
-from awmtrace.errors import AwmError, HubError, first_line
+from awmtrace.errors import AwmError, FormatError, HubError, first_line
+from awmtrace.io.base import parse_json_object, plain_relative_name
 from awmtrace.io.hub.repo import COMMIT_RE, RepoRef, endpoint
 
 __all__ = ["HubSession", "RemoteFile", "Unreachable", "Progress", "TIMEOUT_S", "MAX_RETRIES", "RETRY_WAIT_S"]
@@ -110,35 +111,53 @@ class HubSession:
         return HubError(f"{repo}: {what} failed ({type(exc).__name__}: {first_line(exc)})")
 
     def model_info(self) -> tuple[str, dict[str, RemoteFile]]:
-        """The commit the revision points at, and the repo's files."""
-        import httpx2
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+        """The commit the revision points at, and the repo's files.
 
-        api = HfApi(endpoint=self.endpoint, token=self.token, library_name="awmtrace", library_version=__version__)
+        The same request ``HfApi.model_info(files_metadata=True)`` makes, but the
+        answer is parsed by the local JSON reader (finite numbers, bounded depth)
+        and every field checked here, as any file read from disk is.
+        """
+        from urllib.parse import quote
+
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+        from huggingface_hub.utils import hf_raise_for_status
+
+        rev = self.ref.revision
+        path = f"{self.endpoint}/api/models/{self.ref.repo_id}" + (f"/revision/{quote(rev, safe='')}" if rev else "")
         try:
-            info = api.model_info(self.ref.repo_id, revision=self.ref.revision, files_metadata=True, timeout=TIMEOUT_S)
+            r = self.session.get(path, headers=self.headers, timeout=TIMEOUT_S, params={"blobs": True})
+            hf_raise_for_status(r)
+            raw = r.content
         except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError) as exc:
             raise self.error(exc, "repo info") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HubError(f"{self.ref.repo_id}: unreadable repo info from {self.endpoint} ({first_line(exc)})") from None
-        commit = str(info.sha or "")
-        if not COMMIT_RE.match(commit):
-            raise HubError(f"{self.ref.repo_id}: {self.endpoint} returned no commit for revision {self.ref.revision or 'main'}")
-        files: dict[str, RemoteFile] = {}
-        for s in info.siblings or []:
-            lfs = s.lfs
-            sha = getattr(lfs, "sha256", None) if lfs is not None else None
-            size = getattr(lfs, "size", None) if lfs is not None else None
-            size = s.size if s.size is not None else size
-            if size is None:
-                raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists {s.rfilename} without a size")
-            # Names become paths in the cache: a listing must not reach outside it.
-            name = str(s.rfilename)
-            if not name or name.startswith("/") or "\\" in name or ".." in name.split("/"):
-                raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists a file named {name!r}, which is not a plain relative path")
-            files[s.rfilename] = RemoteFile(s.rfilename, int(size), sha or s.blob_id, lfs is not None)
-        return commit, files
+        try:
+            info = parse_json_object(raw, f"{self.ref.repo_id}: repo info from {self.endpoint}", "answer")
+        except FormatError as exc:
+            raise HubError(f"unreadable repo info: {exc}") from None
+        commit = info.get("sha")
+        if not isinstance(commit, str) or not COMMIT_RE.match(commit):
+            raise HubError(f"{self.ref.repo_id}: {self.endpoint} returned no commit for revision {rev or 'main'}")
+        siblings = info.get("siblings") or []
+        if not isinstance(siblings, list):
+            raise HubError(f"{self.ref.repo_id}: unreadable repo info from {self.endpoint} ('siblings' is not a list)")
+        files = [self._remote_file(entry) for entry in siblings]
+        return commit, {f.name: f for f in files}
+
+    def _remote_file(self, entry: Any) -> RemoteFile:
+        """One ``siblings`` entry of the repo info, checked: a plain relative name, a size, the LFS sha256 or git blob id."""
+        entry = entry if isinstance(entry, dict) else {}
+        name = entry.get("rfilename")
+        lfs = entry.get("lfs")
+        lfs = lfs if isinstance(lfs, dict) else None
+        size = entry.get("size") if entry.get("size") is not None else (lfs or {}).get("size")
+        # Names become paths in the cache: a listing must not reach outside it.
+        if not isinstance(name, str) or not plain_relative_name(name):
+            raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists a file named {name!r}, which is not a plain relative path")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise HubError(f"{self.ref.repo_id}: {self.endpoint} lists {name} without a size")
+        etag = (lfs or {}).get("sha256") or entry.get("blobId")
+        return RemoteFile(name, size, str(etag) if etag is not None else None, lfs is not None)
 
     def url(self, commit: str, name: str) -> str:
         from huggingface_hub import hf_hub_url

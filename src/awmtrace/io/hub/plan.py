@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from awmtrace.errors import FormatError, InputNotFound
-from awmtrace.io.base import TensorSource
+from awmtrace.io.base import MAX_TEXT_BYTES, TensorSource, parse_json
 from awmtrace.io.hub.cache import INDEX_BIN, INDEX_SAFETENSORS
 from awmtrace.io.hub.http import HubSession, RemoteFile
 from awmtrace.io.hub.repo import RepoRef, gguf_matches
+from awmtrace.io.safetensors_dir import shard_name
 from awmtrace.io.safetensors_header import (
     DTYPE_BYTES,
     HeaderTensor,
@@ -197,11 +198,12 @@ def choose_weights(ref: RepoRef, files: dict[str, RemoteFile]) -> tuple[str, lis
 
 
 def _json_file(hub: HubSession, commit: str, remote: RemoteFile) -> Any:
+    """A small JSON file of the repo, parsed with the local reader's checks (size, depth, finite numbers)."""
+    if remote.size > MAX_TEXT_BYTES:
+        where = f"{hub.ref.repo_id}@{commit[:12]}: {remote.name}"
+        raise FormatError(f"{where}: {remote.size} bytes, more than any real JSON file of a model needs; refused unread")
     raw = hub.read_bytes(hub.url(commit, remote.name), remote, 0, remote.size) if remote.size else b""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise FormatError(f"{hub.ref.repo_id}@{commit[:12]}: {remote.name} is not valid JSON ({exc})") from None
+    return parse_json(raw, f"{hub.ref.repo_id}@{commit[:12]}: {remote.name}", "JSON file")
 
 
 def index_shards(hub: HubSession, commit: str, remote: RemoteFile, files: dict[str, RemoteFile]) -> list[str]:
@@ -211,7 +213,8 @@ def index_shards(hub: HubSession, commit: str, remote: RemoteFile, files: dict[s
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise FormatError(f"{where}: not a valid index (no 'weight_map' object)")
-    shards = sorted({str(v) for v in weight_map.values()})
+    # The names become paths in the cache: the local reader's rule, applied before anything is fetched or written.
+    shards = sorted({shard_name(v, where) for v in weight_map.values()})
     missing = [s for s in shards if s not in files]
     if not shards or missing:
         raise FormatError(f"{where}: lists shard(s) the repo does not hold: {', '.join(missing[:3]) or 'none listed'}")
