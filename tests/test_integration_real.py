@@ -22,7 +22,7 @@ import pytest
 from awmtrace import synth
 from awmtrace.arch.resolve import read_attention
 from awmtrace.pipeline import compare, compare_models, open_model
-from awmtrace.stress import TRANSFORMS, copy_model, load_weights, stress, stress_model
+from awmtrace.stress import TRANSFORMS, attention_norm_gain, copy_model, load_weights, stress, stress_model
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +55,14 @@ def test_quantised_real_model_against_itself(smollm2: Path) -> None:
 
 @pytest.fixture(scope="module")
 def smollm2_derived(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2's real attention weights and embedding, hidden-permuted and sign-flipped, drifted, as safetensors."""
+    """SmolLM2's real attention weights, norm gains and embedding, hidden-permuted and sign-flipped, drifted, as safetensors."""
     with open_model(smollm2) as m:
         embed = m.source.read(m.view.embedding.name)
         qs, ks = zip(*(read_attention(m.source, m.view, layer) for layer in m.view.layers), strict=True)
         tokens = list(m.source.field("tokenizer.ggml.tokens"))
         n_heads, n_kv = m.view.n_heads, m.view.n_kv_heads
+        # The real attention-norm gains travel with the copy: both sides are scored as W diag(gain).
+        gains = [attention_norm_gain(m, layer) for layer in range(len(m.view.layers))]
     hidden, n_layers = embed.shape[1], len(qs)
     filler = synth.random_llama(hidden=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, vocab=8, ffn=64, seed=0)
     real = synth.SynthModel(
@@ -76,6 +78,7 @@ def smollm2_derived(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         n_kv_heads=n_kv,
         head_dim=hidden // n_heads,
         tokens=tokens,
+        attn_norm=[g for g in gains if g is not None],
     )
     moved, _, _ = synth.permute_hidden(synth.drift(real, 0.2, seed=3), seed=4)
     return synth.write_hf(moved, tmp_path_factory.mktemp("smollm2") / "derived", dtype="bfloat16", shards=2)
@@ -124,7 +127,9 @@ def test_real_bert_depth_pruned_copy_is_matched(minilm: Path, tmp_path: Path) ->
     shutil.copy(minilm / "tokenizer.json", out / "tokenizer.json")
     r = compare(minilm, out, device="cpu")
     assert r.layer_matching["pairs"] == [[i, j] for j, i in enumerate(kept)]
-    assert r.score == pytest.approx(1.0, abs=1e-4)
+    # Not exactly 1 since gains are folded: in post-LN BERT layer i is fed by layer i-1's output LayerNorm, so a kept
+    # layer whose predecessor was dropped (2 after 0, 5 after 3) is scored behind a different gain than in the original.
+    assert r.score == pytest.approx(1.0, abs=5e-3)
 
 
 # Function-preserving transforms of the real SmolLM2 (RMSNorm), through awmtrace's own stress machinery.
