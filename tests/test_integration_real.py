@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from awmtrace import synth
 from awmtrace.arch.resolve import read_attention, read_norm
-from awmtrace.pipeline import compare, open_model
+from awmtrace.pipeline import compare, compare_models, open_model
+from awmtrace.stress import TRANSFORMS, copy_model, load_weights, stress, stress_model
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +55,7 @@ def test_quantised_real_model_against_itself(smollm2: Path) -> None:
 
 @pytest.fixture(scope="module")
 def smollm2_derived(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2's real attention weights and embedding, hidden-permuted and sign-flipped, drifted, as safetensors."""
+    """SmolLM2's real attention weights, norm gains and embedding, hidden-permuted and sign-flipped, drifted, as safetensors."""
     with open_model(smollm2) as m:
         embed = m.source.read(m.view.embedding.name)
         qs, ks = zip(*(read_attention(m.source, m.view, layer) for layer in m.view.layers), strict=True)
@@ -133,3 +135,64 @@ def test_real_bert_depth_pruned_copy_is_matched(minilm: Path, tmp_path: Path) ->
     assert by_layer[0] == pytest.approx(1.0, abs=1e-4) and by_layer[3] == pytest.approx(1.0, abs=1e-4)
     assert 0.95 < by_layer[2] < 1.0 - 1e-4 and 0.95 < by_layer[5] < 1.0 - 1e-4
     assert r.verdict.label == "related" and r.score > 0.99
+
+
+# Function-preserving transforms of the real SmolLM2 (RMSNorm), through awmtrace's own stress machinery.
+ROTATIONS = ("haar_rotation", "hadamard_rotation")
+GAIN_MOVES = ("gain_fold", "awq_scaling")
+
+
+@pytest.fixture(scope="module")
+def smollm2_stress(smollm2: Path) -> dict[str, Any]:
+    """``awm stress`` of SmolLM2 on the gain moves and the rotations, plus each rotation scored with ``align="lap"``."""
+    with open_model(smollm2) as model:
+        report = stress_model(model, (*GAIN_MOVES, *ROTATIONS), device="cpu")
+        base = load_weights(model)
+        lap = {}
+        for name in ROTATIONS:
+            rotated = TRANSFORMS[name].apply(base, np.random.default_rng(report.seed))
+            with copy_model(model, rotated, name) as copy:
+                lap[name] = compare_models(model, copy, align="lap", device="cpu")
+    return {"report": report, "lap": lap}
+
+
+@pytest.mark.parametrize("name", ROTATIONS)
+def test_rotated_real_model_is_function_preserving_and_found_by_the_orthogonal_alignment(smollm2_stress: dict[str, Any], name: str) -> None:
+    r = {x.name: x for x in smollm2_stress["report"].results}[name]
+    assert r.function_preserving and r.check is not None and r.check.passed, r.check
+    assert r.pair.alignment["method"] == "orthogonal", r.pair.alignment.get("reason")
+    assert r.verdict == "related" and r.score > 0.9, (r.score, r.z)
+    assert r.pair.b["hidden_size"] == 576 and r.pair.b["n_layers"] == 30
+
+
+@pytest.mark.parametrize("name", ROTATIONS)
+def test_rotated_real_model_is_missed_by_the_papers_permutation_alignment(smollm2_stress: dict[str, Any], name: str) -> None:
+    pair = smollm2_stress["lap"][name]
+    assert pair.alignment["method"] == "lap"
+    assert pair.verdict.label != "related", (pair.score, pair.z)
+    assert abs(pair.score) < 0.05
+
+
+@pytest.mark.parametrize("name", GAIN_MOVES)
+def test_gain_fold_and_awq_scaling_of_a_real_model_stay_related_on_the_permutation_alignment(
+    smollm2_stress: dict[str, Any], name: str
+) -> None:
+    r = {x.name: x for x in smollm2_stress["report"].results}[name]
+    assert r.function_preserving and r.check is not None and r.check.passed, r.check
+    assert r.pair.alignment["method"] == "lap"  # no rotation: the cheap path decides
+    assert r.verdict == "related" and r.score > 0.99, (r.score, r.z)
+
+
+def test_behind_a_real_layer_norm_rotations_are_not_function_preserving_but_gain_moves_are(minilm: Path) -> None:
+    """MiniLM (post-LN BERT): LayerNorm subtracts the mean, which a rotation moves, so only the gain moves are checked."""
+    report = stress(minilm, (*GAIN_MOVES, *ROTATIONS), device="cpu")
+    assert report.check.norm == "layer"
+    results = {x.name: x for x in report.results}
+    for name in ROTATIONS:
+        r = results[name]
+        assert not r.function_preserving and r.check is None
+        assert any("LayerNorm" in note for note in r.notes), r.notes
+    for name in GAIN_MOVES:
+        r = results[name]
+        assert r.function_preserving and r.check is not None and r.check.passed, r.check
+        assert r.verdict == "related" and r.score > 0.99, (r.score, r.z)
