@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from awmtrace.types import (
 )
 
 __all__ = [
+    "CompareOptions",
     "Model",
     "open_model",
     "compare",
@@ -397,29 +398,72 @@ def wants_ffn(weights: str | Iterable[str]) -> bool:
     return bool({"up", "gate"} & set(_parse_weights(weights))) if weights else False
 
 
-def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options object replaces them
-    a: Model,
-    b: Model,
-    *,
-    weights: str | Iterable[str] = ("q", "k"),
-    align: str = "auto",
-    device: str = "auto",
-    null: NullModel | str | Path | None = None,
-    min_shared_tokens: int = MIN_SHARED_TOKENS,
-    z_related: float = stats.Z_RELATED,
-    z_inconclusive: float = stats.Z_INCONCLUSIVE,
-    z_permutation: float = stats.Z_PERMUTATION,
-    progress: Progress | None = None,
-    fold_norms: bool = True,
+@dataclass(frozen=True)
+class CompareOptions:
+    """Every option of a comparison, used by :func:`compare`, the suites and the CLI alike.
+
+    ``weights``: kinds to score (``"q,k"`` or an iterable; add ``up``/``gate``
+    for FFN scores); ``align``: one of :data:`ALIGN_CHOICES`; ``device``:
+    ``auto``/``cpu``/``cuda``; ``null``: a :class:`NullModel`, a name or a
+    file (``None``: the default null); ``z_*``: the verdict thresholds (see
+    :mod:`awmtrace.core.stats`); ``fold_norms``: score ``W @ diag(gamma)``.
+    Build it with :meth:`from_kwargs` (or call :meth:`validated`) to check the values.
+    """
+
+    weights: str | Iterable[str] = ("q", "k")
+    align: str = "auto"
+    min_shared_tokens: int = MIN_SHARED_TOKENS
+    device: str = "auto"
+    null: NullModel | str | Path | None = None
+    z_related: float = stats.Z_RELATED
+    z_inconclusive: float = stats.Z_INCONCLUSIVE
+    z_permutation: float = stats.Z_PERMUTATION
+    fold_norms: bool = True
+
+    @classmethod
+    def from_kwargs(cls, base: CompareOptions | None = None, **kwargs: Any) -> CompareOptions:
+        """Options from keyword arguments (the names of the fields), over ``base`` (default: the defaults), validated."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise UsageError(f"unknown comparison option(s) {', '.join(unknown)}; the options are {', '.join(sorted(names))}")
+        start = base if base is not None else cls()
+        return replace(start, **kwargs).validated()
+
+    def validated(self) -> CompareOptions:
+        """These options with ``weights`` as a checked tuple and ``align`` checked; raises :class:`UsageError`."""
+        kinds = _parse_weights(self.weights)
+        _parse_align(self.align)
+        return self if kinds == self.weights else replace(self, weights=kinds)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The weight kinds, checked (``("q", "k")`` and optionally ``"up"``/``"gate"``)."""
+        return _parse_weights(self.weights)
+
+
+def _options(options: CompareOptions | None, kwargs: dict[str, Any]) -> CompareOptions:
+    """``options`` (or the defaults) with the keyword options over them, validated."""
+    if options is not None and not isinstance(options, CompareOptions):
+        raise UsageError(f"options must be a CompareOptions, got {type(options).__name__}; pass single options as keywords")
+    if options is not None and not kwargs:
+        return options.validated()
+    return CompareOptions.from_kwargs(options, **kwargs)
+
+
+def compare_models(
+    a: Model, b: Model, options: CompareOptions | None = None, *, progress: Progress | None = None, **kwargs: Any
 ) -> PairResult:
-    """Compare two opened models. See :func:`compare`."""
+    """Compare two opened models with ``options`` (a :class:`CompareOptions`), or single options as keywords. See :func:`compare`."""
+    opts = _options(options, kwargs)
     progress = progress or _no_progress
     started = time.perf_counter()
-    kinds = _parse_weights(weights)
-    null_model = null if isinstance(null, NullModel) else load_null(null)
-    backend, device_note = select_backend(device)
+    kinds = opts.kinds
+    fold_norms = opts.fold_norms
+    null_model = opts.null if isinstance(opts.null, NullModel) else load_null(opts.null)
+    backend, device_note = select_backend(opts.device)
     notes: list[str] = [device_note] if device_note else []
-    al = align_models(a, b, align, min_shared_tokens, progress)
+    al = align_models(a, b, opts.align, opts.min_shared_tokens, progress)
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
@@ -443,7 +487,7 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
-    assessment = _assess(sides, layers, score, null_model, (z_related, z_inconclusive, z_permutation), progress)
+    assessment = _assess(sides, layers, score, null_model, (opts.z_related, opts.z_inconclusive, opts.z_permutation), progress)
     all_notes = notes
     return PairResult(
         a=summaries["a"],
@@ -545,37 +589,47 @@ def _norm_notes(side: str, model: Model, record: dict[str, Any], fold_norms: boo
     return notes
 
 
-def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
+def compare(
+    a: str | Path, b: str | Path, options: CompareOptions | None = None, *, progress: Progress | None = None, **kwargs: Any
+) -> PairResult:
     """Compare checkpoint ``a`` (the candidate base) with ``b`` (the suspect).
 
     ``a``/``b``: a model directory, a ``.safetensors``/``.gguf``/``.bin`` file,
-    or a Hub id ``org/name[@revision]``. Options: ``weights`` (``"q,k"``; add
+    or a Hub id ``org/name[@revision]``. ``options``: a :class:`CompareOptions`;
+    single options may be given as keywords instead (or over it): ``weights`` (``"q,k"``; add
     ``up``/``gate`` for FFN scores), ``align`` (``"auto"``, ``"lap"``,
     ``"orthogonal"`` or ``"ids"``; see :func:`align_models`),
     ``device`` (``auto``/``cpu``/``cuda``), ``null`` (name or file),
     ``min_shared_tokens``, ``z_related``, ``z_inconclusive``,
-    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`), ``progress``,
+    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`),
     ``fold_norms`` (default ``True``: score ``W @ diag(gamma)`` with the gain
     of the norm feeding each Q/K and FFN input; ``False`` scores weights as stored).
+    ``progress(stage, done, total)`` is called as work advances.
     """
-    progress = options.get("progress")
-    ffn = wants_ffn(options.get("weights", ()))
+    opts = _options(options, kwargs)
+    ffn = wants_ffn(opts.kinds)
     with open_model(a, progress, ffn=ffn) as ma, open_model(b, progress, ffn=ffn) as mb:
-        return compare_models(ma, mb, **options)
+        return compare_models(ma, mb, opts, progress=progress)
 
 
-def compare_many(pairs: Iterable[tuple[str | Path, str | Path]], **options: Any) -> list[PairResult]:
-    """Compare several pairs, opening each distinct model once."""
+def compare_many(
+    pairs: Iterable[tuple[str | Path, str | Path]],
+    options: CompareOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> list[PairResult]:
+    """Compare several pairs (options as :func:`compare` takes them), opening each distinct model once."""
     pairs = list(pairs)
+    opts = _options(options, kwargs)
     opened: dict[str, Model] = {}
-    progress = options.get("progress")
     try:
         results = []
         for a, b in pairs:
             for spec in (a, b):
                 if str(spec) not in opened:
-                    opened[str(spec)] = open_model(spec, progress, ffn=wants_ffn(options.get("weights", ())))
-            results.append(compare_models(opened[str(a)], opened[str(b)], **options))
+                    opened[str(spec)] = open_model(spec, progress, ffn=wants_ffn(opts.kinds))
+            results.append(compare_models(opened[str(a)], opened[str(b)], opts, progress=progress))
         return results
     finally:
         for m in opened.values():
