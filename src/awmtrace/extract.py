@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from awmtrace.arch.resolve import read_attention, read_ffn, read_norm
+from awmtrace.arch.read import read_attention, read_ffn, read_norm
 from awmtrace.errors import NumericalError
 from awmtrace.io import TensorSource
 from awmtrace.io.base import RawBuffer, RawLayout
