@@ -21,9 +21,10 @@ from safetensors.numpy import load_file, save_file
 from awmtrace import synth
 from awmtrace.cli import main
 from awmtrace.errors import FormatError, NumericalError
+from awmtrace.extract import AlignedReader
 from awmtrace.io import open_source
 from awmtrace.io.safetensors_dir import SafetensorsSource
-from awmtrace.pipeline import _Sides, align_models, compare, open_model
+from awmtrace.pipeline import align_models, compare, open_model
 from awmtrace.types import Alignment
 
 RELATED = 0.99  # a function-preserving copy, folded
@@ -124,7 +125,7 @@ def test_raw_bf16_path_folds_like_the_fallback(base: synth.SynthModel, tmp_path:
         rng = np.random.default_rng(1)
         signs = np.where(rng.random(128) < 0.5, -1.0, 1.0).astype(np.float32)
         al = Alignment(rng.permutation(128), signs, np.ones(128), "a", 128, 128, 600, "vocab")
-        fast = _Sides(a, b, al)
+        fast = AlignedReader(a, b, al)
         got = []
         for i in range(base.n_layers):
             assert fast._raw_jobs("a", i) is not None  # the raw bf16 path is the one under test
@@ -138,7 +139,7 @@ def test_raw_bf16_path_folds_like_the_fallback(base: synth.SynthModel, tmp_path:
             got.append((xq, yq))
         with monkeypatch.context() as m:
             m.setattr(SafetensorsSource, "raw_layout", lambda self, name: None)
-            slow = _Sides(a, b, al)
+            slow = AlignedReader(a, b, al)
             for i, (xq, yq) in enumerate(got):
                 np.testing.assert_array_equal(slow.samples("a", i)[0], xq)
                 np.testing.assert_array_equal(slow.samples("b", i)[0], yq)

@@ -24,10 +24,11 @@ from awmtrace import synth
 from awmtrace.core import cka
 from awmtrace.core.align import CosineAccumulator
 from awmtrace.errors import FormatError, NumericalError
+from awmtrace.extract import AlignedReader
 from awmtrace.io import base as io_base
 from awmtrace.io.base import RawBuffer, read_raw_into
 from awmtrace.io.safetensors_dir import SafetensorsSource
-from awmtrace.pipeline import _Sides, compare, open_model
+from awmtrace.pipeline import compare, open_model
 from awmtrace.types import Alignment
 
 
@@ -217,7 +218,7 @@ def _alignment(n: int, seed: int) -> Alignment:
 def test_raw_layer_reads_equal_read_attention_plus_index_and_sign(bf16_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = (open_model(p) for p in bf16_pair)
     al = _alignment(128, 8)
-    fast = _Sides(a, b, al)
+    fast = AlignedReader(a, b, al)
     for i in range(3):
         xq, xk = fast.samples("a", i)
         yq, yk = fast.samples("b", i)
@@ -231,7 +232,7 @@ def test_raw_layer_reads_equal_read_attention_plus_index_and_sign(bf16_pair: tup
         # The fallback (any reader without raw layouts) gives the same arrays.
         with monkeypatch.context() as m:
             m.setattr(SafetensorsSource, "raw_layout", lambda self, name: None)
-            slow = _Sides(a, b, al)
+            slow = AlignedReader(a, b, al)
             for got, want in zip((*slow.samples("a", i), *slow.samples("b", i)), (xq, xk, yq, yk), strict=True):
                 np.testing.assert_array_equal(got, want)
     a.close()
@@ -243,7 +244,7 @@ def test_nan_in_a_raw_read_layer_names_the_tensor(tmp_path: Path) -> None:
     m.q[0][3, 4] = np.nan
     path = synth.write_hf(m, tmp_path / "nan", dtype="bfloat16")
     with open_model(path) as model:
-        sides = _Sides(model, model, _alignment(32, 1))
+        sides = AlignedReader(model, model, _alignment(32, 1))
         with pytest.raises(NumericalError, match="q_proj.weight.*NaN"):
             sides.samples("a", 0)
 
@@ -280,7 +281,7 @@ def test_a_failed_background_read_surfaces_as_the_reader_error(bf16_pair: tuple[
 def test_prefetched_layers_equal_synchronous_reads(bf16_pair: tuple[Path, Path]) -> None:
     a, b = (open_model(p) for p in bf16_pair)
     al = _alignment(128, 11)
-    ahead, plain = _Sides(a, b, al), _Sides(a, b, al)
+    ahead, plain = AlignedReader(a, b, al), AlignedReader(a, b, al)
     ahead.prefetch("a", 0)
     ahead.prefetch("b", 0)
     for i in range(3):

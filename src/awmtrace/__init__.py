@@ -2,8 +2,8 @@
 
 Public API::
 
-    compare(a, b, **options) -> PairResult   # paths or Hub ids
-    compare_many(pairs, **options) -> list[PairResult]
+    compare(a, b, options=None, **kwargs) -> PairResult  # paths or Hub ids; a CompareOptions or keywords
+    compare_many(pairs, options=None, **kwargs) -> list[PairResult]
     open_model(path) -> Model                # lazy: headers only
     matrix(models, **options) -> MatrixResult  # every pair, families, lineage tree
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from awmtrace._version import __version__
-from awmtrace.pipeline import compare, compare_many, open_model
+from awmtrace.pipeline import CompareOptions, compare, compare_many, open_model
 from awmtrace.types import PairResult
 
 if TYPE_CHECKING:
@@ -32,4 +32,4 @@ def matrix(models: Iterable[str | Path], **options: Any) -> MatrixResult:
     return _matrix(models, **options)
 
 
-__all__ = ["__version__", "compare", "compare_many", "open_model", "matrix", "PairResult"]
+__all__ = ["__version__", "CompareOptions", "compare", "compare_many", "open_model", "matrix", "PairResult"]

@@ -15,29 +15,27 @@ weights (AWQ, SmoothQuant), scores as the original does.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from awmtrace._version import __version__
-from awmtrace.arch.resolve import read_attention, read_ffn, read_norm, resolve
+from awmtrace.arch.resolve import resolve
 from awmtrace.core import cka, stats
 from awmtrace.core.align import ALIGN_MODES, CosineAccumulator, choose_alignment, match_layers
 from awmtrace.core.backend import Backend, select_backend
 from awmtrace.errors import (
     AwmError,
     InputNotFound,
-    NumericalError,
     UsageError,
     VocabularyError,
 )
+from awmtrace.extract import AlignedReader, NormGains, attention_names
 from awmtrace.io import TensorSource, hub, open_source
-from awmtrace.io.base import RawBuffer, RawLayout
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
 from awmtrace.nulls import alignment_caveat, load_null, null_covers_alignment
 from awmtrace.types import (
@@ -50,6 +48,7 @@ from awmtrace.types import (
 )
 
 __all__ = [
+    "CompareOptions",
     "Model",
     "open_model",
     "compare",
@@ -72,8 +71,6 @@ WEIGHTS = ("q", "k", "up", "gate")
 ALIGN_CHOICES = ("auto", "lap", "orthogonal", "ids")
 #: Rows of the shared vocabulary converted to float32 at a time.
 EMBEDDING_BLOCK_ROWS = 4096
-#: float32 elements of a layer matrix converted (and gain-folded) at a time: 1 MiB, cache-sized.
-_BLOCK_ELEMENTS = 1 << 18
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances; ``stage`` is a short phrase."""
@@ -232,7 +229,7 @@ def align_models(
     reader_other = other.source.row_reader(other.view.embedding.name)
     for m in (base, other):
         if m.view.layers:
-            m.source.prefetch(_attention_names(m, 0))
+            m.source.prefetch(attention_names(m, 0))
     t_read = time.perf_counter() - started
     t_cost = 0.0
     for start in range(0, total, EMBEDDING_BLOCK_ROWS):
@@ -285,253 +282,7 @@ def align_models(
     )
 
 
-def _attention_names(model: Model, index: int) -> list[str]:
-    layer = model.view.layers[index]
-    return sorted({layer.q.name, layer.k.name})
-
-
-class _RawRead:
-    """Raw reads of one layer's tensors into their buffers, on a background thread.
-
-    File reads release the GIL and mostly wait on the disk, so the next
-    layer arrives while BLAS scores this one; :meth:`result` joins and
-    re-raises whatever the read raised.
-    """
-
-    def __init__(self, index: int, jobs: list[tuple[RawLayout, RawBuffer]]) -> None:
-        self.index = index
-        self._jobs = jobs
-        self._arrays: list[np.ndarray] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="awmtrace-read", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            # O_DIRECT: the disk fills the buffer without the CPU time a
-            # page-cache copy would take from the BLAS threads.
-            self._arrays = [buf.read(layout, direct=True) for layout, buf in self._jobs]
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
-            self._error = exc
-
-    def result(self) -> list[np.ndarray]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._arrays
-
-
-class _Gains:
-    """The norm gains of one model, read as layers are scored, and what was folded (for the result).
-
-    :meth:`get` returns the float32 ``(hidden,)`` gain to fold into a layer's
-    Q/K (``"attn"``) or FFN inputs (``"ffn"``), or ``None`` when there is
-    nothing to multiply: folding is off, the family's norm has no weight,
-    the checkpoint lacks the tensor (scored unfolded, recorded as missing),
-    or every gain is exactly 1 (folding would change nothing).
-    """
-
-    def __init__(self, model: Model, fold: bool) -> None:
-        self.model = model
-        self.fold = fold and model.view.norm_kind != "none"
-        self._cache: dict[str, np.ndarray | None] = {}  # tensor name -> gain (None: all ones); shared norms read once
-        self.folded: dict[str, set[int]] = {"attn": set(), "ffn": set()}
-        self.missing: dict[str, set[int]] = {"attn": set(), "ffn": set()}
-        self.zero_entries: dict[str, int] = {}
-
-    def get(self, index: int, which: str) -> np.ndarray | None:
-        if not self.fold:
-            return None
-        layer = self.model.view.layers[index]
-        ref = layer.attn_norm if which == "attn" else layer.ffn_norm
-        if ref is None:
-            self.missing[which].add(index)
-            return None
-        if ref.name not in self._cache:
-            gain = read_norm(self.model.source, self.model.view, ref)
-            zeros = int(gain.size - np.count_nonzero(gain))
-            if zeros:
-                self.zero_entries[ref.name] = zeros
-            self._cache[ref.name] = None if bool(np.all(gain == 1.0)) else gain
-        self.folded[which].add(index)
-        return self._cache[ref.name]
-
-    def record(self) -> dict[str, Any]:
-        """What the result says about this model's norms: kind, offset, whether and where gains were folded."""
-        view = self.model.view
-        return {
-            "kind": view.norm_kind,
-            "offset": view.norm_offset,
-            "folded": self.fold and bool(self.folded["attn"]),
-            "n_layers_folded": len(self.folded["attn"]),
-            "missing_layers": sorted(self.missing["attn"]),
-            "n_ffn_layers_folded": len(self.folded["ffn"]),
-            "missing_ffn_layers": sorted(self.missing["ffn"]),
-            "zero_gain_entries": dict(self.zero_entries),
-        }
-
-
-class _Sides:
-    """Reads Q and K of a layer of either model, aligned, into float32 buffers reused from layer to layer.
-
-    The base model's columns are gathered by the alignment index and the
-    other model's are multiplied by the signs (index-and-sign, never a
-    selection matmul). Plain safetensors tensors (F32/F16/BF16, not fused,
-    not transposed) are read into reused :class:`RawBuffer` memory,
-    the next layer on a background thread (:meth:`prefetch`), and converted
-    (and gathered, at 2 bytes per element for bf16) straight into the
-    float32 buffer; anything else goes through :func:`read_attention`.
-    Returned sample matrices ``(n_other, d_out)`` are Fortran-ordered views,
-    as SYRK wants, and stay valid until the next read of the same model side.
-    With ``fold_norms`` each matrix is scored as ``W @ diag(gamma)`` (see :class:`_Gains`).
-    """
-
-    def __init__(self, a: Model, b: Model, al: Alignment, fold_norms: bool = True) -> None:
-        self.a, self.b, self.al = a, b, al
-        self.gains = {"a": _Gains(a, fold_norms), "b": _Gains(b, fold_norms)}
-        n_base = al.hidden_size_a if al.base == "a" else al.hidden_size_b
-        self._gather = not (al.index.size == n_base and np.array_equal(al.index, np.arange(n_base)))
-        self._flip = al.n_sign_flips > 0
-        self._rotation = al.rotation
-        if self._rotation is not None:
-            # Orthogonal alignment: the base's samples are rotated instead (see _align); no gather, no flips.
-            self._gather = self._flip = False
-        self._sign_bits = np.where(al.signs < 0, 0x8000, 0).astype(np.uint16)
-        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
-        self._raw: dict[tuple[str, str], RawBuffer] = {}
-        self._pending: dict[str, _RawRead] = {}
-        self.read_s = 0.0
-
-    def _buffer(self, key: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        buf = self._buffers.get(key)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            self._buffers.pop(key, None)
-            buf = self._buffers[key] = np.empty(shape, dtype=dtype)
-        return buf
-
-    def model(self, side: str) -> Model:
-        return self.a if side == "a" else self.b
-
-    def _raw_jobs(self, side: str, index: int) -> list[tuple[RawLayout, RawBuffer]] | None:
-        """(layout, buffer) for Q and K when both can be read raw, else ``None``."""
-        model = self.model(side)
-        layer = model.view.layers[index]
-        if any(r.part is not None or r.transposed for r in (layer.q, layer.k)):
-            return None
-        layouts = [model.source.raw_layout(r.name) for r in (layer.q, layer.k)]
-        if any(lay is None or len(lay.shape) != 2 for lay in layouts):
-            return None
-        return [
-            (lay, self._raw.setdefault((side, role), RawBuffer())) for role, lay in zip(("q", "k"), layouts, strict=True) if lay is not None
-        ]
-
-    def _wait(self, side: str) -> _RawRead | None:
-        """Join the read in flight for ``side`` (its buffers are about to be reused or used)."""
-        pending = self._pending.pop(side, None)
-        if pending is not None:
-            pending.result()
-        return pending
-
-    def prefetch(self, side: str, index: int) -> None:
-        """Start reading layer ``index`` of ``side`` (call after the previous layer's :meth:`samples`)."""
-        model = self.model(side)
-        if not 0 <= index < model.view.n_layers:
-            return
-        self._wait(side)
-        jobs = self._raw_jobs(side, index)
-        if jobs is None:
-            model.source.prefetch(_attention_names(model, index))
-            return
-        self._pending[side] = _RawRead(index, jobs)
-
-    def samples(self, side: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned sample matrices of Q and K of layer ``index`` of model ``side`` (``"a"``/``"b"``)."""
-        started = time.perf_counter()
-        model = self.model(side)
-        layer = model.view.layers[index]
-        is_base = side == self.al.base
-        gain = self.gains[side].get(index, "attn")
-        out = []
-        pending = self._wait(side)
-        jobs = self._raw_jobs(side, index)
-        if jobs is not None:
-            if pending is not None and pending.index == index:
-                raws = pending.result()
-            else:
-                raws = [buf.read(lay) for lay, buf in jobs]
-            for role, ref, (lay, _), raw in zip(("q", "k"), (layer.q, layer.k), jobs, raws, strict=True):
-                out.append(self._align(side, role, raw, is_base, lay.dtype, f"{lay.path}: tensor {ref.name!r}", gain))
-        else:
-            q, k = read_attention(model.source, model.view, layer)
-            model.source.release()
-            for role, w in (("q", q), ("k", k)):
-                out.append(self._align(side, role, w, is_base, "F32", f"{model.spec}: layer {index} {role}", gain))
-        self.read_s += time.perf_counter() - started
-        return out[0], out[1]
-
-    def _align(
-        self, side: str, role: str, w: np.ndarray, is_base: bool, dtype: str, where: str, gain: np.ndarray | None = None
-    ) -> np.ndarray:
-        """``w``: ``(d_out, hidden)`` as stored (``BF16`` as uint16 bits) -> aligned float32 samples ``(n_other, d_out)``.
-
-        ``gain`` ``(hidden,)``: the norm gain folded in (``W @ diag(gain)``) before alignment.
-        """
-        # Per-column factor applied after conversion: the gain (gathered like the base's
-        # columns) and, on the other side, the signs; None keeps the XOR sign trick below.
-        scale: np.ndarray | None = None
-        if gain is not None:
-            if is_base:
-                scale = gain[self.al.index] if self._gather else gain
-            else:
-                scale = gain * self.al.signs if self._flip else gain
-        if is_base and self._gather:
-            # Gather before converting: half the bytes for bf16, and np.take
-            # into a buffer is several times faster than fancy indexing,
-            # whose result here would not even be C-ordered.
-            shape = (w.shape[0], self.al.index.size)
-            w = np.take(w, self.al.index, axis=1, out=self._buffer(("gather", w.dtype, shape), shape, w.dtype))
-        x = self._buffer(("x", side, role), w.shape, np.float32)
-        flip = not is_base and self._flip and scale is None
-        # Row blocks of ~1 MiB: widening, the gain and the finiteness check each
-        # pass over a block while it is still in cache, not over the whole matrix.
-        step = max(1, _BLOCK_ELEMENTS // max(1, w.shape[1]))
-        finite = True
-        for start in range(0, w.shape[0], step):
-            wb, xb = w[start : start + step], x[start : start + step]
-            if dtype == "BF16":
-                # bf16 is the top half of a float32: widen, flipping the sign bit
-                # of the columns to negate in the same pass, then shift up.
-                bits = xb.view(np.uint32)
-                if flip:
-                    np.bitwise_xor(wb, self._sign_bits[None, :], out=bits)
-                else:
-                    np.copyto(bits, wb)
-                np.left_shift(bits, 16, out=bits)
-            else:
-                np.copyto(xb, wb)
-                if flip:
-                    np.multiply(xb, self.al.signs[None, :], out=xb)
-            if scale is not None:
-                np.multiply(xb, scale[None, :], out=xb)
-            finite = finite and bool(np.isfinite(xb).all())
-        if not finite:
-            bad = int(np.count_nonzero(~np.isfinite(x)))
-            raise NumericalError(f"{where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
-        if is_base and self._rotation is not None:
-            x = self._rotate(side, role, x)
-        return x.T
-
-    def _rotate(self, side: str, role: str, x: np.ndarray) -> np.ndarray:
-        """Orthogonal alignment: ``x`` ``(d_out, n_base)`` -> ``x @ rotation`` ``(d_out, n_other)``, i.e. samples ``rotation.T @ X_base``.
-
-        One GEMM per matrix into a reused C-ordered buffer, whose transpose is the Fortran-ordered view SYRK wants.
-        """
-        assert self._rotation is not None
-        out = self._buffer(("rot", side, role), (x.shape[0], self._rotation.shape[1]), np.float32)
-        return np.matmul(x, self._rotation, out=out)
-
-
-def _score_same_depth(sides: _Sides, n_layers: int, backend: Backend, progress: Progress) -> list[LayerScore]:
+def _score_same_depth(sides: AlignedReader, n_layers: int, backend: Backend, progress: Progress) -> list[LayerScore]:
     out: list[LayerScore] = []
     t_ucka = 0.0
     for i in range(n_layers):
@@ -554,7 +305,7 @@ def _score_same_depth(sides: _Sides, n_layers: int, backend: Backend, progress: 
     return out
 
 
-def _score_matched(sides: _Sides, la: int, lb: int, backend: Backend, progress: Progress) -> tuple[list[LayerScore], np.ndarray]:
+def _score_matched(sides: AlignedReader, la: int, lb: int, backend: Backend, progress: Progress) -> tuple[list[LayerScore], np.ndarray]:
     """All ``la x lb`` layer pairs in Gram space, the shallower model's terms held in memory."""
     a_shallow = la <= lb
     shallow, deep = ("a", "b") if a_shallow else ("b", "a")
@@ -589,27 +340,11 @@ def _score_matched(sides: _Sides, la: int, lb: int, backend: Backend, progress: 
     return layers, (full if a_shallow else full.T)
 
 
-def _aligned_samples(w: np.ndarray, al: Alignment, is_base: bool, gain: np.ndarray | None = None) -> np.ndarray:
-    """``w``: float32 ``(d_out, hidden)`` -> aligned samples ``(n_other, d_out)``.
-
-    The gain is folded, the base's columns gathered and the other's signed (in place). With an orthogonal
-    alignment the base's samples are ``rotation.T @ w.T`` and the other's are used as they are.
-    """
-    if gain is not None:
-        w *= gain[None, :]
-    if al.rotation is not None:
-        return (w @ al.rotation).T if is_base else w.T
-    if is_base:
-        if not (al.is_identity and al.index.size == w.shape[1]):
-            w = np.take(w, al.index, axis=1)
-    elif al.n_sign_flips:
-        w *= al.signs[None, :]
-    return w.T
-
-
-def _score_ffn(sides: _Sides, layers: Sequence[LayerScore], weights: Sequence[str], backend: Backend, progress: Progress) -> dict[str, Any]:
+def _score_ffn(
+    sides: AlignedReader, layers: Sequence[LayerScore], weights: Sequence[str], backend: Backend, progress: Progress
+) -> dict[str, Any]:
     """FFN up/gate scores of the matched layers (best expert pair for MoE), gains of the FFN norm folded."""
-    a, b, al = sides.a, sides.b, sides.al
+    a, b = sides.a, sides.b
     results: list[FfnLayerScore] = []
     total = len(layers) * len(weights)
     done = 0
@@ -622,14 +357,9 @@ def _score_ffn(sides: _Sides, layers: Sequence[LayerScore], weights: Sequence[st
                 progress(f"scoring FFN {weight}", done, total)
                 continue
             terms = {}
-            for side, model in (("a", a), ("b", b)):
+            for side in ("a", "b"):
                 index = ls.index_a if side == "a" else ls.index_b
-                mats = read_ffn(model.source, model.view, model.view.layers[index], weight)
-                gain = sides.gains[side].get(index, "ffn")
-                model.source.release()
-                is_base = (side == "a") == (al.base == "a")
-                terms[side] = [(expert, backend.gram_terms(_aligned_samples(w, al, is_base, gain))) for expert, w in mats]
-                del mats
+                terms[side] = [(expert, backend.gram_terms(x)) for expert, x in sides.ffn_samples(side, index, weight)]
             best: tuple[float, int | None, int | None] | None = None
             for ea, ta in terms["a"]:
                 for eb, tb in terms["b"]:
@@ -668,29 +398,72 @@ def wants_ffn(weights: str | Iterable[str]) -> bool:
     return bool({"up", "gate"} & set(_parse_weights(weights))) if weights else False
 
 
-def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options object replaces them
-    a: Model,
-    b: Model,
-    *,
-    weights: str | Iterable[str] = ("q", "k"),
-    align: str = "auto",
-    device: str = "auto",
-    null: NullModel | str | Path | None = None,
-    min_shared_tokens: int = MIN_SHARED_TOKENS,
-    z_related: float = stats.Z_RELATED,
-    z_inconclusive: float = stats.Z_INCONCLUSIVE,
-    z_permutation: float = stats.Z_PERMUTATION,
-    progress: Progress | None = None,
-    fold_norms: bool = True,
+@dataclass(frozen=True)
+class CompareOptions:
+    """Every option of a comparison, used by :func:`compare`, the suites and the CLI alike.
+
+    ``weights``: kinds to score (``"q,k"`` or an iterable; add ``up``/``gate``
+    for FFN scores); ``align``: one of :data:`ALIGN_CHOICES`; ``device``:
+    ``auto``/``cpu``/``cuda``; ``null``: a :class:`NullModel`, a name or a
+    file (``None``: the default null); ``z_*``: the verdict thresholds (see
+    :mod:`awmtrace.core.stats`); ``fold_norms``: score ``W @ diag(gamma)``.
+    Build it with :meth:`from_kwargs` (or call :meth:`validated`) to check the values.
+    """
+
+    weights: str | Iterable[str] = ("q", "k")
+    align: str = "auto"
+    min_shared_tokens: int = MIN_SHARED_TOKENS
+    device: str = "auto"
+    null: NullModel | str | Path | None = None
+    z_related: float = stats.Z_RELATED
+    z_inconclusive: float = stats.Z_INCONCLUSIVE
+    z_permutation: float = stats.Z_PERMUTATION
+    fold_norms: bool = True
+
+    @classmethod
+    def from_kwargs(cls, base: CompareOptions | None = None, **kwargs: Any) -> CompareOptions:
+        """Options from keyword arguments (the names of the fields), over ``base`` (default: the defaults), validated."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise UsageError(f"unknown comparison option(s) {', '.join(unknown)}; the options are {', '.join(sorted(names))}")
+        start = base if base is not None else cls()
+        return replace(start, **kwargs).validated()
+
+    def validated(self) -> CompareOptions:
+        """These options with ``weights`` as a checked tuple and ``align`` checked; raises :class:`UsageError`."""
+        kinds = _parse_weights(self.weights)
+        _parse_align(self.align)
+        return self if kinds == self.weights else replace(self, weights=kinds)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The weight kinds, checked (``("q", "k")`` and optionally ``"up"``/``"gate"``)."""
+        return _parse_weights(self.weights)
+
+
+def _options(options: CompareOptions | None, kwargs: dict[str, Any]) -> CompareOptions:
+    """``options`` (or the defaults) with the keyword options over them, validated."""
+    if options is not None and not isinstance(options, CompareOptions):
+        raise UsageError(f"options must be a CompareOptions, got {type(options).__name__}; pass single options as keywords")
+    if options is not None and not kwargs:
+        return options.validated()
+    return CompareOptions.from_kwargs(options, **kwargs)
+
+
+def compare_models(
+    a: Model, b: Model, options: CompareOptions | None = None, *, progress: Progress | None = None, **kwargs: Any
 ) -> PairResult:
-    """Compare two opened models. See :func:`compare`."""
+    """Compare two opened models with ``options`` (a :class:`CompareOptions`), or single options as keywords. See :func:`compare`."""
+    opts = _options(options, kwargs)
     progress = progress or _no_progress
     started = time.perf_counter()
-    kinds = _parse_weights(weights)
-    null_model = null if isinstance(null, NullModel) else load_null(null)
-    backend, device_note = select_backend(device)
+    kinds = opts.kinds
+    fold_norms = opts.fold_norms
+    null_model = opts.null if isinstance(opts.null, NullModel) else load_null(opts.null)
+    backend, device_note = select_backend(opts.device)
     notes: list[str] = [device_note] if device_note else []
-    al = align_models(a, b, align, min_shared_tokens, progress)
+    al = align_models(a, b, opts.align, opts.min_shared_tokens, progress)
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
@@ -699,7 +472,7 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
     null_info["covers_alignment"] = null_covers_alignment(null_info, al.method)
     if not null_info["covers_alignment"]:
         notes.append(alignment_caveat(null_info, al.method))
-    sides = _Sides(a, b, al, fold_norms)
+    sides = AlignedReader(a, b, al, fold_norms)
     la, lb = a.view.n_layers, b.view.n_layers
     if la == lb:
         layers = _score_same_depth(sides, la, backend, progress)
@@ -714,7 +487,7 @@ def compare_models(  # noqa: PLR0913 - keyword options, until one frozen options
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
-    assessment = _assess(sides, layers, score, null_model, (z_related, z_inconclusive, z_permutation), progress)
+    assessment = _assess(sides, layers, score, null_model, (opts.z_related, opts.z_inconclusive, opts.z_permutation), progress)
     all_notes = notes
     return PairResult(
         a=summaries["a"],
@@ -743,7 +516,12 @@ EXACT_SD_MAX_BYTES = 1 << 30
 
 
 def _assess(
-    sides: _Sides, layers: Sequence[LayerScore], score: float, null: NullModel, thresholds: tuple[float, float, float], progress: Progress
+    sides: AlignedReader,
+    layers: Sequence[LayerScore],
+    score: float,
+    null: NullModel,
+    thresholds: tuple[float, float, float],
+    progress: Progress,
 ) -> stats.Assessment:
     """:func:`stats.assess` of the mean score, with the exact permutation sd where it can change the verdict.
 
@@ -762,7 +540,7 @@ def _assess(
     return stats.assess(score, null, z_related, z_inconclusive, n_samples=n, permutation=exact, z_permutation=z_permutation)
 
 
-def _exact_permutation_sd(sides: _Sides, layers: Sequence[LayerScore], n: int, progress: Progress) -> tuple[float, str] | None:
+def _exact_permutation_sd(sides: AlignedReader, layers: Sequence[LayerScore], n: int, progress: Progress) -> tuple[float, str] | None:
     """Exact sd of the mean score under one common permutation, from a second read of the matched layers.
 
     With the default thresholds this is needed only below ~800 hidden
@@ -786,7 +564,7 @@ def _exact_permutation_sd(sides: _Sides, layers: Sequence[LayerScore], n: int, p
     return stats.permutation_sd(n, sims[0], sims[1])
 
 
-def _model_record(side: str, model: Model, gains: _Gains, fold_norms: bool, notes: list[str]) -> dict[str, Any]:
+def _model_record(side: str, model: Model, gains: NormGains, fold_norms: bool, notes: list[str]) -> dict[str, Any]:
     """The model's summary for the result, with its ``norms`` record; appends the norm notes to ``notes``."""
     record = gains.record()
     notes.extend(_norm_notes(side, model, record, fold_norms))
@@ -811,37 +589,47 @@ def _norm_notes(side: str, model: Model, record: dict[str, Any], fold_norms: boo
     return notes
 
 
-def compare(a: str | Path, b: str | Path, **options: Any) -> PairResult:
+def compare(
+    a: str | Path, b: str | Path, options: CompareOptions | None = None, *, progress: Progress | None = None, **kwargs: Any
+) -> PairResult:
     """Compare checkpoint ``a`` (the candidate base) with ``b`` (the suspect).
 
     ``a``/``b``: a model directory, a ``.safetensors``/``.gguf``/``.bin`` file,
-    or a Hub id ``org/name[@revision]``. Options: ``weights`` (``"q,k"``; add
+    or a Hub id ``org/name[@revision]``. ``options``: a :class:`CompareOptions`;
+    single options may be given as keywords instead (or over it): ``weights`` (``"q,k"``; add
     ``up``/``gate`` for FFN scores), ``align`` (``"auto"``, ``"lap"``,
     ``"orthogonal"`` or ``"ids"``; see :func:`align_models`),
     ``device`` (``auto``/``cpu``/``cuda``), ``null`` (name or file),
     ``min_shared_tokens``, ``z_related``, ``z_inconclusive``,
-    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`), ``progress``,
+    ``z_permutation`` (the size-aware check, see :mod:`awmtrace.core.stats`),
     ``fold_norms`` (default ``True``: score ``W @ diag(gamma)`` with the gain
     of the norm feeding each Q/K and FFN input; ``False`` scores weights as stored).
+    ``progress(stage, done, total)`` is called as work advances.
     """
-    progress = options.get("progress")
-    ffn = wants_ffn(options.get("weights", ()))
+    opts = _options(options, kwargs)
+    ffn = wants_ffn(opts.kinds)
     with open_model(a, progress, ffn=ffn) as ma, open_model(b, progress, ffn=ffn) as mb:
-        return compare_models(ma, mb, **options)
+        return compare_models(ma, mb, opts, progress=progress)
 
 
-def compare_many(pairs: Iterable[tuple[str | Path, str | Path]], **options: Any) -> list[PairResult]:
-    """Compare several pairs, opening each distinct model once."""
+def compare_many(
+    pairs: Iterable[tuple[str | Path, str | Path]],
+    options: CompareOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> list[PairResult]:
+    """Compare several pairs (options as :func:`compare` takes them), opening each distinct model once."""
     pairs = list(pairs)
+    opts = _options(options, kwargs)
     opened: dict[str, Model] = {}
-    progress = options.get("progress")
     try:
         results = []
         for a, b in pairs:
             for spec in (a, b):
                 if str(spec) not in opened:
-                    opened[str(spec)] = open_model(spec, progress, ffn=wants_ffn(options.get("weights", ())))
-            results.append(compare_models(opened[str(a)], opened[str(b)], **options))
+                    opened[str(spec)] = open_model(spec, progress, ffn=wants_ffn(opts.kinds))
+            results.append(compare_models(opened[str(a)], opened[str(b)], opts, progress=progress))
         return results
     finally:
         for m in opened.values():

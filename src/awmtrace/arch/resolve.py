@@ -29,17 +29,15 @@ is ever dropped silently.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
-from awmtrace.arch.names import canonical_role, gguf_role
-from awmtrace.arch.qkv import infer_head_dim, split_qkv
+from awmtrace.arch.classify import Found, Fused, classify
+from awmtrace.arch.qkv import infer_head_dim
+from awmtrace.arch.read import read_attention, read_ffn, read_norm
 from awmtrace.arch.sizes import check_sizes
-from awmtrace.arch.table import NORM_ROLES, Example, Family, Pattern, Table, Variant, config_value, load_table
-from awmtrace.errors import AwmError, FormatError, MissingTensor, NumericalError, UnsupportedArchitecture
+from awmtrace.arch.table import Example, Family, Pattern, Table, Variant, config_value, load_table
+from awmtrace.errors import AwmError, MissingTensor, UnsupportedArchitecture
 from awmtrace.io.base import TensorSource
 from awmtrace.types import LayerRefs, ModelView, TensorRef
 
@@ -56,17 +54,6 @@ __all__ = [
     "read_norm",
     "resolve",
 ]
-
-# gguf roles of FFN input projections: role -> (weight, expert). GGUF stacks routed experts in one
-# 3-D tensor (``*_exps``), which read_ffn expands; shared experts are recorded as expert -1.
-_GGUF_FFN_ROLES: dict[str, tuple[str, int | None]] = {
-    "ffn_up": ("up", None),
-    "ffn_gate": ("gate", None),
-    "ffn_up_shexp": ("up", -1),
-    "ffn_gate_shexp": ("gate", -1),
-    "ffn_up_exps": ("up", None),
-    "ffn_gate_exps": ("gate", None),
-}
 
 
 def _text_config(config: dict[str, Any], table: Table) -> dict[str, Any]:
@@ -109,244 +96,6 @@ def _declared_families(source: TensorSource, declared: list[str], table: Table) 
             elif name in fam.architectures or name in fam.model_types:
                 out[fam.name] = (fam, f"config declares {name!r}")
     return list(out.values())
-
-
-_BLOCK_NUMBER = re.compile(r"(?:^|\.)(\d+)\.")
-
-
-def _n_blocks_hint(names: list[str]) -> int:
-    numbers = [int(m) for n in names for m in re.findall(r"\.(\d+)\.", n)]
-    return (max(numbers) + 1) if numbers else 1
-
-
-@dataclass
-class _Fused:
-    name: str
-    layout: str
-    transposed: bool
-    how: str
-
-
-@dataclass
-class _Found:
-    """What classifying every name against one family found."""
-
-    embedding: TensorRef | None = None
-    q: dict[int, TensorRef] = field(default_factory=dict)
-    k: dict[int, TensorRef] = field(default_factory=dict)
-    qkv: dict[int, _Fused] = field(default_factory=dict)
-    ffn: dict[int, dict[str, list[TensorRef]]] = field(default_factory=dict)
-    norms: dict[int | None, dict[str, TensorRef]] = field(default_factory=dict)  # block (None: global) -> role -> ref
-    by_block: dict[int, list[str]] = field(default_factory=dict)
-    claims: dict[tuple[Any, ...], str] = field(default_factory=dict)
-    ffn_ambiguous: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
-    norm_ambiguous: dict[tuple[str, int | None], tuple[str, str]] = field(default_factory=dict)
-    ignored: int = 0
-    recognised: int = 0
-    problems: list[AwmError] = field(default_factory=list)
-
-    def claim(self, key: tuple[Any, ...], name: str, where: str) -> bool:
-        """Record that ``name`` has role ``key``; a second tensor with the same role is a problem.
-
-        For Q, K and the embedding that is an error; for an FFN input it only
-        drops that layer's FFN projection (the attention score does not need it).
-        """
-        other = self.claims.setdefault(key, name)
-        if other != name and key[0] == "ffn":
-            self.ffn_ambiguous.setdefault((key[2], key[1]), (other, name))
-            return False
-        if other != name and key[0] == "norm":
-            self.norm_ambiguous.setdefault((key[1], key[2]), (other, name))
-            return False
-        if other != name:
-            self.problems.append(
-                UnsupportedArchitecture(
-                    f"{where}: tensors {other!r} and {name!r} both look like {_describe(key)}; "
-                    "refusing to pick one (is a vision/audio tower missing from ignore_prefixes in architectures.toml?)"
-                )
-            )
-            return False
-        return True
-
-
-def _describe(key: tuple[Any, ...]) -> str:
-    if key[0] == "token_embd":
-        return "the token embedding"
-    if key[0] == "ffn":
-        _, weight, bid, expert = key
-        return f"the FFN {weight} projection of layer {bid}" + (f" (expert {expert})" if expert is not None else "")
-    return f"{key[0]} of layer {key[1]}"
-
-
-def _rewrites(fam: Family, table: Table) -> list[tuple[str, str]]:
-    return [*fam.prefix_rewrites, *((str(a), str(b)) for a, b in table.defaults.get("prefix_rewrites", []))]
-
-
-def _spellings(name: str, rewrites: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    out = [(name, "")]
-    for src, dst in rewrites:
-        if name.startswith(src):
-            out.append((dst + name[len(src) :], f", prefix {src!r} read as {dst!r}"))
-    return out
-
-
-@dataclass(frozen=True)
-class _Hit:
-    """What one tensor name was recognised as, by a table pattern or gguf's names."""
-
-    name: str
-    role: str
-    bid: int | None
-    how: str
-    by_gguf: bool  # gguf's name map or a GGUF canonical name (not a table pattern)
-    xid: int | None = None
-    layout: str | None = None
-    transposed: bool = False
-    order: str | None = None
-    shared: bool = False
-
-
-@dataclass(frozen=True)
-class _Context:
-    """What classifying the names of one checkpoint against one family needs."""
-
-    fam: Family
-    where: str
-    is_gguf: bool
-    n_blocks: int
-    rewrites: list[tuple[str, str]]
-    hf_layout: str | None  # the QKV layout of Hugging Face fused tensors (variant first)
-
-
-def _pattern_hit(name: str, pat: Pattern, m: re.Match[str], rewritten: str, fam: Family) -> _Hit:
-    groups = m.groupdict()
-    return _Hit(
-        name=name,
-        role=pat.role,
-        bid=int(groups["bid"]) if groups.get("bid") is not None else None,
-        xid=int(groups["xid"]) if groups.get("xid") is not None else None,
-        how=f"architectures.toml [{fam.name}] {pat.template}{rewritten}",
-        by_gguf=False,
-        layout=pat.layout,
-        transposed=pat.transposed,
-        order=pat.order,
-        shared=pat.shared_expert,
-    )
-
-
-def _recognise(name: str, ctx: _Context) -> _Hit | None:
-    """The first spelling of ``name`` that a family pattern, then gguf's names, resolve."""
-    fam = ctx.fam
-    for cand, rewritten in _spellings(name, ctx.rewrites):
-        for pat in fam.patterns:
-            m = pat.regex.match(cand)
-            if m:
-                return _pattern_hit(name, pat, m, rewritten, fam)
-        if ctx.is_gguf:
-            gguf_hit = gguf_role(cand)
-            if gguf_hit is not None:
-                return _Hit(name, gguf_hit[0], gguf_hit[1], "GGUF canonical name", True, xid=gguf_hit[2])
-            continue
-        hf_hit = canonical_role(cand, fam.gguf_arch, ctx.n_blocks)
-        if hf_hit is not None:
-            role, bid = hf_hit
-            how = f"gguf TensorNameMap({fam.gguf_arch.name}){rewritten}"
-            return _Hit(name, role, bid, how, True, transposed=role in fam.hf_transposed)
-    return None
-
-
-def _classify(source: TensorSource, fam: Family, table: Table, variant: Variant | None) -> _Found:
-    names = source.names()
-    ctx = _Context(
-        fam=fam,
-        where=str(source.path),
-        is_gguf=source.format == "gguf",
-        n_blocks=_n_blocks_hint(names),
-        rewrites=_rewrites(fam, table),
-        hf_layout=(variant.qkv_layout if variant is not None else None) or fam.qkv_layout,
-    )
-    found = _Found()
-    ignore = tuple(table.defaults.get("ignore_prefixes", []))
-    for name in names:
-        if name.startswith(ignore):
-            found.ignored += 1
-            continue
-        hit = _recognise(name, ctx)
-        if hit is None:
-            m_bid = _BLOCK_NUMBER.search(name)
-            if m_bid is not None:
-                found.by_block.setdefault(int(m_bid.group(1)), []).append(name)
-            continue
-        if hit.bid is not None:
-            found.by_block.setdefault(hit.bid, []).append(name)
-        _record(found, hit, ctx)
-    return found
-
-
-def _is_ffn_role(role: str) -> bool:
-    return role == "ffn_gate_up" or role in ("ffn_up", "ffn_gate") or role in _GGUF_FFN_ROLES
-
-
-def _record(found: _Found, hit: _Hit, ctx: _Context) -> None:
-    """File a recognised tensor under its role (claims catch two tensors for one role)."""
-    role, bid, name, where = hit.role, hit.bid, hit.name, ctx.where
-    if role == "token_embd" and bid is None:
-        found.recognised += 1
-        if found.claim(("token_embd",), name, where):
-            found.embedding = TensorRef(name=name, role="token_embd", how=hit.how)
-    elif role in ("attn_q", "attn_k") and bid is not None:
-        found.recognised += 1
-        if found.claim((role, bid), name, where):
-            ref = TensorRef(name=name, role=f"blk.{bid}.{role}", how=hit.how, transposed=hit.transposed)
-            (found.q if role == "attn_q" else found.k)[bid] = ref
-    elif role == "attn_qkv" and bid is not None:
-        found.recognised += 1
-        _record_qkv(found, hit, bid, ctx)
-    elif role in NORM_ROLES and (bid is None) == (role == "token_embd_norm"):
-        # Norm weights do not count as recognised: they never decide which family fits.
-        if found.claim(("norm", role, bid), name, where):
-            found.norms.setdefault(bid, {})[role] = TensorRef(name=name, role=f"blk.{bid}.{role}" if bid is not None else role, how=hit.how)
-    elif bid is not None and _is_ffn_role(role):
-        found.recognised += 1
-        _record_ffn(found, hit, bid, where)
-
-
-def _record_qkv(found: _Found, hit: _Hit, bid: int, ctx: _Context) -> None:
-    layout = hit.layout or (ctx.fam.gguf_qkv_layout if ctx.is_gguf else ctx.hf_layout)
-    if layout is None:
-        fmt = "GGUF files" if ctx.is_gguf else "Hugging Face checkpoints"
-        found.problems.append(
-            UnsupportedArchitecture(
-                f"{ctx.where}: fused QKV tensor {hit.name!r}: architectures.toml gives no QKV layout for "
-                f"{fmt} of family {ctx.fam.name!r}; refusing to guess how Q, K and V are packed"
-            )
-        )
-    elif found.claim(("attn_qkv", bid), hit.name, ctx.where):
-        found.qkv[bid] = _Fused(hit.name, layout, hit.transposed, hit.how)
-
-
-def _record_ffn(found: _Found, hit: _Hit, bid: int, where: str) -> None:
-    role = hit.role
-    if role in _GGUF_FFN_ROLES and hit.by_gguf:
-        weight, expert = _GGUF_FFN_ROLES[role]
-        expert = hit.xid if hit.xid is not None else expert
-    else:
-        weight, expert = role.removeprefix("ffn_"), (-1 if hit.shared else hit.xid)
-    fused = weight == "gate_up"
-    for part in ("gate", "up") if fused else (weight,):
-        stacked = "exps" if role.endswith("_exps") else expert
-        if not found.claim(("ffn", part, bid, stacked), hit.name, where):
-            continue
-        ref = TensorRef(
-            name=hit.name,
-            role=f"blk.{bid}.ffn_{part}",
-            how=hit.how,
-            part=part if fused else None,
-            layout=hit.order if fused else None,
-            transposed=hit.transposed,
-            expert=expert,
-        )
-        found.ffn.setdefault(bid, {}).setdefault(part, []).append(ref)
 
 
 def _as_int(v: Any) -> int | None:
@@ -444,7 +193,7 @@ def _expert_order(ref: TensorRef) -> tuple[bool, int]:
     return (ref.expert is not None, ref.expert if ref.expert is not None else 0)
 
 
-def _fail(exc: AwmError, found: _Found) -> AwmError:
+def _fail(exc: AwmError, found: Found) -> AwmError:
     exc.recognised = found.recognised  # type: ignore[attr-defined]
     return exc
 
@@ -459,7 +208,7 @@ def _size_keys(table: Table) -> list[str]:
 def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: str, why: str, table: Table) -> ModelView:
     """The view of ``source`` as family ``fam``; raises (with how much was recognised) when it does not fit."""
     variant = fam.variant(config) if source.format != "gguf" else None
-    found = _classify(source, fam, table, variant)
+    found = classify(source, fam, table, variant)
     if found.problems:
         raise _fail(found.problems[0], found)
     embedding, vocab_rows, hidden = _embedding(source, fam, found)
@@ -501,7 +250,7 @@ def _build(source: TensorSource, fam: Family, config: dict[str, Any], display: s
     )
 
 
-def _embedding(source: TensorSource, fam: Family, found: _Found) -> tuple[TensorRef, int, int]:
+def _embedding(source: TensorSource, fam: Family, found: Found) -> tuple[TensorRef, int, int]:
     """The token embedding and its ``(vocab rows, hidden size)``."""
     where = str(source.path)
     if found.embedding is None:
@@ -513,7 +262,7 @@ def _embedding(source: TensorSource, fam: Family, found: _Found) -> tuple[Tensor
     return found.embedding, int(shape[0]), int(shape[1])
 
 
-def _layer_count(source: TensorSource, config: dict[str, Any], table: Table, fam: Family, found: _Found) -> tuple[int, int | None]:
+def _layer_count(source: TensorSource, config: dict[str, Any], table: Table, fam: Family, found: Found) -> tuple[int, int | None]:
     """Layers to resolve (the config's count when it promises more than the names show), and the config's count."""
     blocks = sorted(set(found.q) | set(found.k) | set(found.qkv))
     declared = config_value(config, table.defaults.get("n_layers_keys", []))
@@ -533,7 +282,7 @@ def _layer_count(source: TensorSource, config: dict[str, Any], table: Table, fam
     return (max(n_layers, n_layers_cfg) if n_layers_cfg is not None else n_layers), n_layers_cfg
 
 
-def _drop_ambiguous_ffn(found: _Found) -> list[str]:
+def _drop_ambiguous_ffn(found: Found) -> list[str]:
     notes = []
     for (bid, part), (one, other) in sorted(found.ffn_ambiguous.items()):
         found.ffn.get(bid, {}).pop(part, None)
@@ -542,7 +291,7 @@ def _drop_ambiguous_ffn(found: _Found) -> list[str]:
 
 
 def _layer_refs(
-    source: TensorSource, fam: Family, table: Table, found: _Found, heads: _Heads, n_layers: int
+    source: TensorSource, fam: Family, table: Table, found: Found, heads: _Heads, n_layers: int
 ) -> tuple[list[LayerRefs], int | None]:
     """Q, K and FFN inputs of every layer, and the head size (a fused QKV tensor fixes it)."""
     hd = heads.head_dim
@@ -568,7 +317,7 @@ def _layer_refs(
 
 
 def _cut_fused(
-    source: TensorSource, table: Table, found: _Found, fused: _Fused, bid: int, heads: _Heads, hd: int | None
+    source: TensorSource, table: Table, found: Found, fused: Fused, bid: int, heads: _Heads, hd: int | None
 ) -> tuple[TensorRef, TensorRef, int]:
     """Q and K refs into a fused QKV tensor, and the head size its rows give with the head counts."""
     where, nh, nkv = str(source.path), heads.n_heads, heads.n_kv_heads
@@ -599,7 +348,7 @@ def _cut_fused(
     return q, k, fused_hd
 
 
-def _check_input_sizes(source: TensorSource, layers: list[LayerRefs], hidden: int, found: _Found) -> None:
+def _check_input_sizes(source: TensorSource, layers: list[LayerRefs], hidden: int, found: Found) -> None:
     conv1d = " (Conv1D, stored transposed)"
     for layer in layers:
         for ref in (layer.q, layer.k):
@@ -636,12 +385,12 @@ def _heads_from_shapes(
     return hd, nkv
 
 
-def _first_norm(found: _Found, bid: int | None, roles: tuple[str, ...]) -> TensorRef | None:
+def _first_norm(found: Found, bid: int | None, roles: tuple[str, ...]) -> TensorRef | None:
     held = found.norms.get(bid, {})
     return next((held[r] for r in roles if r in held), None)
 
 
-def _attach_norms(fam: Family, found: _Found, layers: list[LayerRefs]) -> tuple[list[LayerRefs], list[str]]:
+def _attach_norms(fam: Family, found: Found, layers: list[LayerRefs]) -> tuple[list[LayerRefs], list[str]]:
     """Set each layer's ``attn_norm``/``ffn_norm`` from the family's roles; notes for ambiguous or missing ones.
 
     Pre-LN: the block's own roles. Post-LN (BERT): attention reads the
@@ -670,84 +419,3 @@ def _attach_norms(fam: Family, found: _Found, layers: list[LayerRefs]) -> tuple[
             f"{len(missing)} layer(s) ({shown}); their Q/K are scored without folding a gain"
         )
     return out, notes
-
-
-def read_norm(source: TensorSource, view: ModelView, ref: TensorRef) -> np.ndarray:
-    """The effective gain of a norm: float32 ``(hidden,)``, ``view.norm_offset`` added.
-
-    Raises :class:`FormatError` for a shape other than ``(hidden,)`` and
-    :class:`NumericalError` for NaN/Inf or an all-zero gain (which would
-    zero the whole input of the layer). Single zero entries are accepted:
-    they switch that hidden dimension off for this layer's input, and the
-    folded ``W @ diag(gamma)`` says exactly that.
-    """
-    where = f"{source.path}: norm tensor {ref.name!r}"
-    shape = tuple(source.shape(ref.name))
-    if shape != (view.hidden_size,):
-        raise FormatError(
-            f"{where} has shape {shape}, expected ({view.hidden_size},) (one gain per hidden dimension); "
-            "the checkpoint is damaged or the tensor is not a norm weight. Pass fold_norms=False (--no-fold-norms) to score without it"
-        )
-    gain = np.asarray(source.read(ref.name), dtype=np.float32).reshape(-1)
-    if view.norm_offset:
-        gain = gain + np.float32(view.norm_offset)
-    bad = int(np.count_nonzero(~np.isfinite(gain)))
-    if bad:
-        raise NumericalError(f"{where}: {bad} NaN/Inf gain value(s); the checkpoint is damaged")
-    if not gain.any():
-        stored = f" (stored as -{view.norm_offset:g}: the gain is {view.norm_offset:g} + weight)" if view.norm_offset else ""
-        raise NumericalError(f"{where}: every gain is 0{stored}, so the layer's input would be zero; the checkpoint is damaged")
-    return gain
-
-
-def _matrix(source: TensorSource, view: ModelView, ref: TensorRef, cache: dict[str, np.ndarray]) -> np.ndarray:
-    if ref.name not in cache:
-        cache[ref.name] = source.read(ref.name)
-    w = cache[ref.name]
-    if ref.transposed:
-        w = w.T
-    if ref.part is None:
-        return np.ascontiguousarray(w)
-    if view.n_heads is None or view.n_kv_heads is None or ref.layout is None:
-        raise UnsupportedArchitecture(f"{source.path}: {ref.name}: cutting a fused QKV tensor needs head counts and a layout")
-    head_dim = infer_head_dim(w.shape[0], view.n_heads, view.n_kv_heads, f"{source.path}: {ref.name}")
-    return split_qkv(w, ref.layout, ref.part, view.n_heads, view.n_kv_heads, head_dim, f"{source.path}: {ref.name}")
-
-
-def read_attention(source: TensorSource, view: ModelView, layer: LayerRefs) -> tuple[np.ndarray, np.ndarray]:
-    """Q and K of one layer as float32 ``(d_out, hidden)`` matrices (fused QKV is read once and cut)."""
-    cache: dict[str, np.ndarray] = dict(source.read_many(sorted({layer.q.name, layer.k.name})))
-    q = _matrix(source, view, layer.q, cache)
-    k = _matrix(source, view, layer.k, cache)
-    return q, k
-
-
-def _half(w: np.ndarray, ref: TensorRef, where: str) -> np.ndarray:
-    """The ``ref.part`` half of a fused gate/up weight ``(2 * d_ff, hidden)`` -> ``(d_ff, hidden)``."""
-    rows = w.shape[0]
-    if rows % 2:
-        raise UnsupportedArchitecture(f"{where}: fused gate/up tensor {ref.name!r} has an odd number of rows ({rows})")
-    first = ref.layout.split("_")[0] if ref.layout else "gate"
-    block = w[: rows // 2] if ref.part == first else w[rows // 2 :]
-    return np.ascontiguousarray(block)
-
-
-def read_ffn(source: TensorSource, view: ModelView, layer: LayerRefs, weight: str) -> list[tuple[int | None, np.ndarray]]:
-    """FFN input projections of one layer: ``[(expert, (d_ff, hidden))]``, one entry for a dense FFN.
-
-    Stacked GGUF experts ``(n_expert, d_ff, hidden)`` are expanded; fused
-    gate/up tensors are cut in halves in the family's order.
-    """
-    refs = layer.up if weight == "up" else layer.gate
-    out: list[tuple[int | None, np.ndarray]] = []
-    for ref in refs:
-        w = source.read(ref.name)
-        if ref.transposed:
-            w = w.T
-        if w.ndim == 3:
-            out.extend((i, np.ascontiguousarray(w[i])) for i in range(w.shape[0]))
-        elif ref.part is not None:
-            out.append((ref.expert, _half(w, ref, str(source.path))))
-        else:
-            out.append((ref.expert, np.ascontiguousarray(w)))
-    return out

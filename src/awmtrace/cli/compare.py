@@ -31,7 +31,7 @@ from awmtrace.cli.common import (
     write_output,
 )
 from awmtrace.core.stats import Z_INCONCLUSIVE, Z_RELATED
-from awmtrace.pipeline import ALIGN_CHOICES, MIN_SHARED_TOKENS, compare_models, open_model, wants_ffn
+from awmtrace.pipeline import ALIGN_CHOICES, MIN_SHARED_TOKENS, CompareOptions, compare_models, open_model, wants_ffn
 from awmtrace.report.text import fmt_num, fmt_p, fmt_value
 
 VERDICT_STYLE = {"related": "bold red", "inconclusive": "bold yellow", "independent": "bold green"}
@@ -234,25 +234,23 @@ def compare(  # noqa: PLR0913 - one parameter per click option
     """Score how likely B derives from A (each a directory, .safetensors, .gguf, .bin, or Hub id org/name[@rev])."""
     plot = check_output(plot, "--plot", PLOT_FORMATS)
     report = check_output(report, "--report", ("html", "htm"))
-    ffn = wants_ffn(weights)
+    options = CompareOptions(
+        weights=weights,
+        align=align,
+        device=device,
+        null=null,
+        min_shared_tokens=min_shared_tokens,
+        z_related=z_related,
+        z_inconclusive=z_inconclusive,
+        fold_norms=fold_norms,
+    ).validated()
+    ffn = wants_ffn(options.kinds)
     with progress_reporter(quiet) as progress, ExitStack() as stack:
         models = []
         for side, spec in (("A", model_a), ("B", model_b)):
             with progress.stage(f"opening {side}: {spec}"):
                 models.append(stack.enter_context(open_model(spec, progress, ffn=ffn)))
-        result = compare_models(
-            models[0],
-            models[1],
-            weights=weights,
-            align=align,
-            device=device,
-            null=null,
-            min_shared_tokens=min_shared_tokens,
-            z_related=z_related,
-            z_inconclusive=z_inconclusive,
-            progress=progress,
-            fold_norms=fold_norms,
-        )
+        result = compare_models(models[0], models[1], options, progress=progress)
         if as_json or report is not None:
             with progress.stage("fingerprinting the tensors read (audit trail)"):
                 for spec, m in zip((model_a, model_b), models, strict=True):

@@ -293,10 +293,10 @@ def run_suite(  # noqa: PLR0913 - keyword options of the public API, as compare(
     options = {"weights": list(kinds), "align": align, "min_shared_tokens": min_tokens, "null": null_id}
     progress = progress or (lambda stage, done, total: None)
 
+    compare_options = pipeline.CompareOptions(weights=kinds, align=align, device=device, null=null_model, min_shared_tokens=min_tokens)
+
     def compare(ma: pipeline.Model, mb: pipeline.Model) -> PairResult:
-        return pipeline.compare_models(
-            ma, mb, weights=kinds, align=align, device=device, null=null_model, min_shared_tokens=min_tokens, progress=progress
-        )
+        return pipeline.compare_models(ma, mb, compare_options, progress=progress)
 
     pool = ModelPool(s, models_dir, fetch=fetch, ffn=pipeline.wants_ffn(kinds), progress=progress)
     db = store if isinstance(store, ResultsStore) else ResultsStore(store)
