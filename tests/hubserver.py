@@ -419,3 +419,17 @@ class _Handler(BaseHTTPRequestHandler):
         if chunk:
             self.wfile.write(chunk)
             self.hub._count(name, len(chunk))
+
+
+def point_hub_at(monkeypatch: Any, srv: HubServer, home: Path) -> None:
+    """Send huggingface_hub (and awmtrace's fetcher) to ``srv``, with its caches under ``home``, no token, no waits."""
+    from awmtrace.io import hub
+
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)

@@ -21,7 +21,7 @@ from awmtrace.io import hub
 from awmtrace.pipeline import compare, hub_tensors, open_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import Fault, HubServer
+from hubserver import Fault, HubServer, point_hub_at
 
 
 def fetch(spec: str, **kwargs: object) -> hub.FetchResult:
@@ -52,14 +52,7 @@ def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models: dict[str, Pa
     srv.add_folder("acme/big", models["big"])
     srv.add_folder("acme/bf16", models["bf16"])
     srv.add_folder("acme/gated", models["big"], gated=True, tokens=("hf_good",))
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
+    point_hub_at(monkeypatch, srv, tmp_path / "hf")
     try:
         yield srv
     finally:

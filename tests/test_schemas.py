@@ -15,11 +15,10 @@ from click.testing import CliRunner
 
 from awmtrace import synth
 from awmtrace.cli import main
-from awmtrace.io import hub
 from awmtrace.report.schema import SCHEMA_VERSION, SCHEMAS, load_schema
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer
+from hubserver import HubServer, point_hub_at
 
 
 def run_json(*args: str) -> dict[str, Any]:
@@ -126,14 +125,7 @@ def hub_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubS
     srv.add_folder(
         "acme/tiny", synth.write_hf(synth.random_llama(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab=512), tmp_path / "tiny")
     )
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
+    point_hub_at(monkeypatch, srv, tmp_path / "hf")
     try:
         yield srv
     finally:

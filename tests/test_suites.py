@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from awmtrace import synth
 from awmtrace.cli import main
 from awmtrace.errors import FormatError, UsageError
-from awmtrace.io import hub
 from awmtrace.store import ResultsStore
 from awmtrace.suites import (
     get_suite,
@@ -31,7 +30,7 @@ from awmtrace.suites import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer
+from hubserver import HubServer, point_hub_at
 
 PAPER_COUNTS = {
     "sft_pairs": 10,
@@ -122,12 +121,7 @@ def tiny(tmp_path: Path, family: dict[str, Path], monkeypatch: pytest.MonkeyPatc
     hubbed = synth.write_hf(synth.drift(synth.random_llama(seed=0), 0.2, seed=9), tmp_path / "hubbed")
     srv = HubServer().start()
     srv.add_folder("acme/hubbed", hubbed)
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
-    monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
+    point_hub_at(monkeypatch, srv, tmp_path / "hf")
     suites = {
         "suites": {
             "tiny": {
