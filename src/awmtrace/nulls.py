@@ -204,6 +204,13 @@ def alignment_caveat(null: dict[str, Any], method: str) -> str:
     )
 
 
+def null_record(null: NullModel, method: str) -> tuple[dict[str, Any], str | None]:
+    """The null as a result records it, with ``covers_alignment`` for ``method``, and the caveat when it does not cover it."""
+    info = null.to_dict()
+    info["covers_alignment"] = null_covers_alignment(info, method)
+    return info, None if info["covers_alignment"] else alignment_caveat(info, method)
+
+
 def calibrate_null(
     pairs: Iterable[Any],
     *,

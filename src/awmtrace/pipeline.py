@@ -37,7 +37,7 @@ from awmtrace.errors import (
 from awmtrace.extract import AlignedReader, NormGains, attention_names
 from awmtrace.io import TensorSource, hub, open_source
 from awmtrace.io.vocab import TOKENIZER_FILES, Vocab, shared_tokens, vocab_for
-from awmtrace.nulls import alignment_caveat, load_null, null_covers_alignment
+from awmtrace.nulls import load_null, null_record
 from awmtrace.types import (
     Alignment,
     FfnLayerScore,
@@ -468,10 +468,8 @@ def compare_models(
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
     notes.extend(al.quality.get("notes", []))
-    null_info = null_model.to_dict()
-    null_info["covers_alignment"] = null_covers_alignment(null_info, al.method)
-    if not null_info["covers_alignment"]:
-        notes.append(alignment_caveat(null_info, al.method))
+    null_info, caveat = null_record(null_model, al.method)
+    notes.extend([caveat] if caveat else [])
     sides = AlignedReader(a, b, al, fold_norms)
     la, lb = a.view.n_layers, b.view.n_layers
     if la == lb:

@@ -259,7 +259,7 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     z_inconclusive: float = stats.Z_INCONCLUSIVE,
 ) -> PairResult:
     """Compare two cached models; the same :class:`PairResult` as :func:`awmtrace.pipeline.compare_models` gives."""
-    from awmtrace.nulls import alignment_caveat, load_null, null_covers_alignment
+    from awmtrace.nulls import load_null, null_record
     from awmtrace.pipeline import MIN_SHARED_TOKENS
 
     started = time.perf_counter()
@@ -277,10 +277,8 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     score = (score_q + score_k) / 2.0
     assessment = assess(score, null_model, z_related, z_inconclusive, n_small)
     notes.extend(al.quality.get("notes", []))
-    null_info = null_model.to_dict()
-    null_info["covers_alignment"] = null_covers_alignment(null_info, al.method)
-    if not null_info["covers_alignment"]:
-        notes.append(alignment_caveat(null_info, al.method))
+    null_info, caveat = null_record(null_model, al.method)
+    notes.extend([caveat] if caveat else [])
     notes.append("scored from cached float16 Grams (awm matrix)")
     return PairResult(
         a=ma.summary(),
