@@ -18,6 +18,7 @@ from awmtrace.cli.common import (
     finish,
     friendly_errors,
     json_option,
+    note,
     progress_reporter,
     quiet_option,
     record_input,
@@ -81,11 +82,12 @@ def print_report(data: dict[str, Any]) -> None:
         f"z against null {escape(str(data['null']['name']))}. "
         f"{data['elapsed_s']:.1f} s in all.[/]"
     )
-    for note in [*data.get("notes", []), *check.get("notes", [])]:
-        console.print(f"[dim]note: {escape(note)}[/]")
+    # Notes go to stderr, once each, like every command's (results alone on stdout).
+    for text in [*data.get("notes", []), *check.get("notes", [])]:
+        note(text)
     for row in data["transforms"]:
-        for note in row.get("notes", []):
-            console.print(f"[dim]note ({row['name']}): {escape(note)}[/]")
+        for text in row.get("notes", []):
+            note(f"({row['name']}) {text}")
 
 
 _EXAMPLES = (
