@@ -106,23 +106,27 @@ class Model:
         self.close()
 
 
-def hub_tensors(source: TensorSource, ffn: bool) -> list[str]:
-    """The tensors a comparison reads, named from a checkpoint's headers: the Hub fetcher's selector.
+def tensors_read(view: ModelView, ffn: bool = False) -> list[str]:
+    """The tensors a comparison reads from a model: the one list the Hub fetcher, fingerprints and caches use.
 
     Token embedding and each layer's Q and K (or fused QKV) with the norm gain
     feeding them where the view records one; with ``ffn`` the FFN input
     projections and their norm too.
     """
-    view = resolve(source)
     names = [view.embedding.name]
     for layer in view.layers:
         names += [layer.q.name, layer.k.name]
-        norms = [getattr(layer, "attn_norm", None)]
+        norms = [layer.attn_norm]
         if ffn:
             names += [r.name for r in (*layer.up, *layer.gate)]
-            norms.append(getattr(layer, "ffn_norm", None))
+            norms.append(layer.ffn_norm)
         names += [n.name for n in norms if n is not None]
     return list(dict.fromkeys(names))
+
+
+def hub_tensors(source: TensorSource, ffn: bool) -> list[str]:
+    """The Hub fetcher's selector: :func:`tensors_read` of the view a checkpoint's headers resolve to."""
+    return tensors_read(resolve(source), ffn)
 
 
 def _local_path(spec: str | Path, progress: Progress, ffn: bool = False) -> Path:

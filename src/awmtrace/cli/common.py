@@ -413,20 +413,10 @@ def flagged(labels: Any, fail_on: str | None) -> bool:
     return fail_on is not None and any(label in FAIL_ON[fail_on] for label in labels)
 
 
-def model_tensor_names(view: Any, ffn: bool = False) -> list[str]:
-    """Names of every tensor awmtrace reads from a model: the embedding, Q/K (and FFN inputs, norm gains) of each layer."""
-    names = [view.embedding.name]
-    for layer in view.layers:
-        refs = [layer.q, layer.k, getattr(layer, "attn_norm", None)]
-        if ffn:
-            refs += [*layer.up, *layer.gate, getattr(layer, "ffn_norm", None)]
-        names += [r.name for r in refs if r is not None]
-    return names
-
-
 def record_model(spec: str, model: Any, ffn: bool = False) -> None:
     """Record an opened model for the audit trail: its path, content fingerprint and, for Hub snapshots, repo and commit."""
     from awmtrace.io.fingerprint import content_fingerprint, hub_snapshot
+    from awmtrace.pipeline import tensors_read
 
     path = Path(str(model.source.path))
     hub = hub_snapshot(path) or {}
@@ -435,7 +425,7 @@ def record_model(spec: str, model: Any, ffn: bool = False) -> None:
         "model",
         path=str(path.absolute()),
         format=model.view.format,
-        fingerprint="sha256:" + content_fingerprint(model.source, model_tensor_names(model.view, ffn)),
+        fingerprint="sha256:" + content_fingerprint(model.source, tensors_read(model.view, ffn)),
         repo=hub.get("repo"),
         commit=hub.get("commit"),
     )

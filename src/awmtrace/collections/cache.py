@@ -51,6 +51,7 @@ from awmtrace.errors import AwmError
 from awmtrace.io.base import RowReader, TensorSource
 from awmtrace.io.fingerprint import content_fingerprint
 from awmtrace.io.vocab import Vocab
+from awmtrace.pipeline import tensors_read
 from awmtrace.types import ModelView, TensorRef
 
 __all__ = [
@@ -379,7 +380,7 @@ class ModelCache:
             fp = None
         entry = self.open(entry_key(fp, self.options)) if fp else None
         if entry is None:
-            fp = content_fingerprint(model.source, _read_names(model.view))
+            fp = content_fingerprint(model.source, tensors_read(model.view))
             entry = self.open(entry_key(fp, self.options)) or self._build(model, fp, progress)
             self._write(index, json.dumps({"content_fingerprint": fp, "spec": model.spec}).encode())
         entry.touch()
@@ -481,17 +482,6 @@ class ModelCache:
         if everything:
             shutil.rmtree(self.root / "index", ignore_errors=True)
         return removed
-
-
-def _read_names(view: ModelView) -> list[str]:
-    """Tensors an entry is built from (what the content fingerprint covers)."""
-    names = {view.embedding.name}
-    for layer in view.layers:
-        names.update({layer.q.name, layer.k.name})
-        norm = getattr(layer, "attn_norm", None)
-        if norm is not None:
-            names.add(norm.name)
-    return sorted(names)
 
 
 def _du(path: Path) -> int:
