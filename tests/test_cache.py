@@ -20,6 +20,7 @@ from awmtrace.collections import cache as cache_mod
 from awmtrace.collections.cache import CacheError, ModelCache
 from awmtrace.collections.matrix import matrix
 from awmtrace.io import fingerprint as fp_mod
+from awmtrace.io.base import RawBuffer
 from awmtrace.io.safetensors_dir import SafetensorsSource
 from awmtrace.pipeline import open_model
 
@@ -56,6 +57,22 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(name)
         return real_bytes(source, name)
 
+    # Raw reads (O_DIRECT into reused buffers, as compare reads layers) know only a file and offset.
+    where: dict[tuple[str, int], str] = {}
+    real_layout, real_raw = SafetensorsSource.raw_layout, RawBuffer.read
+
+    def raw_layout(self: Any, name: str) -> Any:
+        layout = real_layout(self, name)
+        if layout is not None:
+            where[(str(layout.path), layout.offset)] = name
+        return layout
+
+    def raw_read(self: Any, layout: Any, direct: bool = False) -> Any:
+        seen.append(where[(str(layout.path), layout.offset)])
+        return real_raw(self, layout, direct)
+
+    monkeypatch.setattr(SafetensorsSource, "raw_layout", raw_layout)
+    monkeypatch.setattr(RawBuffer, "read", raw_read)
     monkeypatch.setattr(SafetensorsSource, "read_many", read_many)
     monkeypatch.setattr(SafetensorsSource, "read", read)
     monkeypatch.setattr(SafetensorsSource, "row_reader", row_reader)

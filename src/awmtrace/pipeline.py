@@ -25,8 +25,16 @@ import numpy as np
 
 from awmtrace._version import __version__
 from awmtrace.arch.resolve import resolve
-from awmtrace.core import cka, stats
-from awmtrace.core.align import ALIGN_MODES, CosineAccumulator, choose_alignment, match_layers
+from awmtrace.core import certify, cka, stats
+from awmtrace.core.align import (
+    ALIGN_MODES,
+    AlignmentChoice,
+    CosineAccumulator,
+    choose_alignment,
+    lap_quality,
+    match_layers,
+    settled_by_lap,
+)
 from awmtrace.core.backend import Backend, select_backend
 from awmtrace.errors import (
     AwmError,
@@ -90,6 +98,10 @@ class Model:
     vocab: Vocab | None
     vocab_error: AwmError | None = None
     notes: list[str] = field(default_factory=list)
+    #: From a cache entry: gives ``(hidden,)`` the largest |cos| of each embedding column with any other over ``cosine_rows``
+    #: (sorted embedding rows its vocabulary covers); lets :func:`align_models` prove a LAP without the full matrix.
+    column_cosines: Callable[[], np.ndarray] | None = None
+    cosine_rows: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         d = self.view.summary()
@@ -209,6 +221,66 @@ def _shared_ids(base: Model, other: Model, tokens: str, min_shared: int) -> tupl
     return ids_b, ids_o
 
 
+def _stream_rows(
+    base: Model, other: Model, ids_base: np.ndarray, ids_other: np.ndarray, acc: CosineAccumulator, progress: Progress
+) -> tuple[float, float]:
+    """Feed every shared row to ``acc`` a block at a time; returns (seconds reading, seconds accumulating)."""
+    reader_base = base.source.row_reader(base.view.embedding.name)
+    reader_other = other.source.row_reader(other.view.embedding.name)
+    t_read = t_cost = 0.0
+    total = ids_base.size
+    try:
+        for start in range(0, total, EMBEDDING_BLOCK_ROWS):
+            stop = min(start + EMBEDDING_BLOCK_ROWS, total)
+            t0 = time.perf_counter()
+            rows_base, rows_other = reader_base.take(ids_base[start:stop]), reader_other.take(ids_other[start:stop])
+            t1 = time.perf_counter()
+            acc.add(rows_base, rows_other)
+            t_read += t1 - t0
+            t_cost += time.perf_counter() - t1
+            progress("aligning embeddings", stop, total)
+    finally:
+        reader_base.close()
+        reader_other.close()
+    return t_read, t_cost
+
+
+def _certifiable(base: Model, ids_base: np.ndarray) -> bool:
+    """Whether the base carries the column-cosine bound over exactly the rows the pair shares (see :mod:`awmtrace.core.certify`)."""
+    rows = base.cosine_rows
+    return base.column_cosines is not None and rows is not None and ids_base.size == rows.size and np.array_equal(np.sort(ids_base), rows)
+
+
+def _certified(
+    base: Model, other: Model, ids_base: np.ndarray, ids_other: np.ndarray, mode: str, progress: Progress
+) -> AlignmentChoice | None:
+    """The LAP choice proven from a row sample and one matched pass (:mod:`awmtrace.core.certify`), or ``None``."""
+    total = ids_base.size
+    positions = np.unique(np.linspace(0, total - 1, min(total, certify.SAMPLE_ROWS)).round().astype(np.int64))
+    rb = base.source.row_reader(base.view.embedding.name)
+    ro = other.source.row_reader(other.view.embedding.name)
+    try:
+        index = certify.candidate(rb.take(ids_base[positions]), ro.take(ids_other[positions]))
+    finally:
+        rb.close()
+        ro.close()
+    if index is None:
+        return None
+    acc = certify.MatchedAccumulator(index, base.view.hidden_size, total)
+    _stream_rows(base, other, ids_base, ids_other, acc, progress)
+    matched = acc.matched()
+    # The bound is only worth its cost (a pass over the base's embedding, once per model) when it can succeed.
+    if not certify.may_certify(matched) or base.column_cosines is None or not certify.certified(matched, index, base.column_cosines()):
+        return None
+    signs = np.where(matched < 0, -1.0, 1.0).astype(np.float32)
+    lap = AlignmentChoice("lap", index, signs, matched, None, {"lap": lap_quality(matched, index, acc.stats())}, "")
+    settled = settled_by_lap(lap, mode)
+    if settled is None:
+        return None
+    note = "LAP proven optimal from a row sample and the exact matched cosines (the full cosine matrix was not needed)"
+    return replace(settled, notes=(*settled.notes, note))
+
+
 def align_models(
     a: Model, b: Model, align: str = "auto", min_shared_tokens: int = MIN_SHARED_TOKENS, progress: Progress | None = None
 ) -> Alignment:
@@ -216,7 +288,9 @@ def align_models(
 
     ``align``: ``auto`` (LAP unless the embeddings show a rotated copy, see
     :func:`awmtrace.core.align.choose_alignment`), ``lap``, ``orthogonal``, or
-    ``ids`` (token rows matched by id, dimensions as in ``auto``).
+    ``ids`` (token rows matched by id, dimensions as in ``auto``). When the base
+    carries its column-cosine bound (cached models), a LAP that the bound proves
+    optimal is found without the full cosine matrix, with the same result.
     """
     progress = progress or _no_progress
     tokens, mode = _parse_align(align)
@@ -224,36 +298,23 @@ def align_models(
     base, other = (a, b) if base_side == "a" else (b, a)
     ids_base, ids_other = _shared_ids(base, other, tokens, min_shared_tokens)
     started = time.perf_counter()
-    total = ids_base.size
-    acc = CosineAccumulator(base.view.hidden_size, other.view.hidden_size, total)
     # Both embeddings are read now; let the OS fetch the second (and then the
     # first layer, see below) while this process works on the first.
     other.source.prefetch([other.view.embedding.name])
-    reader_base = base.source.row_reader(base.view.embedding.name)
-    reader_other = other.source.row_reader(other.view.embedding.name)
     for m in (base, other):
         if m.view.layers:
             m.source.prefetch(attention_names(m, 0))
-    t_read = time.perf_counter() - started
-    t_cost = 0.0
-    for start in range(0, total, EMBEDDING_BLOCK_ROWS):
-        stop = min(start + EMBEDDING_BLOCK_ROWS, total)
-        t0 = time.perf_counter()
-        rows_base, rows_other = reader_base.take(ids_base[start:stop]), reader_other.take(ids_other[start:stop])
-        t1 = time.perf_counter()
-        acc.add(rows_base, rows_other)
-        t_read += t1 - t0
-        t_cost += time.perf_counter() - t1
-        progress("aligning embeddings", stop, total)
-    reader_base.close()
-    reader_other.close()
-    base.source.release()
-    other.source.release()
-    progress("solving hidden-dimension assignment", 0, 1)
-    t0 = time.perf_counter()
-    choice = choose_alignment(acc, mode)
-    t_choose = time.perf_counter() - t0
+    choice = _certified(base, other, ids_base, ids_other, mode, progress) if mode != "orthogonal" and _certifiable(base, ids_base) else None
+    t_read = t_cost = 0.0
+    if choice is None:
+        acc = CosineAccumulator(base.view.hidden_size, other.view.hidden_size, ids_base.size)
+        t_read, t_cost = _stream_rows(base, other, ids_base, ids_other, acc, progress)
+        base.source.release()
+        other.source.release()
+        progress("solving hidden-dimension assignment", 0, 1)
+        choice = choose_alignment(acc, mode)
     progress("solving hidden-dimension assignment", 1, 1)
+    t_choose = time.perf_counter() - started - t_read - t_cost
     log.debug(
         "alignment: %.2f s reading embedding rows, %.2f s cosine matrix, %.2f s assignment and decision (%s)",
         t_read,
@@ -276,7 +337,7 @@ def align_models(
         base=base_side,
         hidden_size_a=a.view.hidden_size,
         hidden_size_b=b.view.hidden_size,
-        n_shared_tokens=int(total),
+        n_shared_tokens=int(ids_base.size),
         method=choice.method,
         tokens=tokens,
         rotation=choice.rotation,

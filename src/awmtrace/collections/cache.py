@@ -4,26 +4,31 @@ An entry is a folder named by a key over the model's content fingerprint
 (:func:`awmtrace.io.fingerprint.content_fingerprint`), the awmtrace version
 and the options that change what is extracted. It holds
 
-* ``q.npy``, ``k.npy``: per layer, float16, either the Gram matrix
-  ``K~ = X X'`` ``(n, n)`` with the diagonal zeroed (the unbiased HSIC only
-  reads the off-diagonal), both triangles, or, for narrow matrices such as
+* ``q.npy``, ``k.npy``: per layer, bfloat16 bits (uint16), either the Gram
+  matrix ``K~ = X X'`` ``(n, n)`` with the diagonal zeroed (the unbiased HSIC
+  only reads the off-diagonal), both triangles
+  (:func:`awmtrace.core.packed.pack_gram`), or, for narrow matrices such as
   grouped-query K, the samples ``X = W'`` ``(n, d_out)`` themselves (see
-  :data:`awmtrace.collections.extract.FEATURE_RATIO`); each divided by its
-  largest absolute value (CKA does not change with scale; float16 keeps 11
-  significant bits over the range that then holds every entry);
+  :data:`awmtrace.collections.extract.FEATURE_RATIO`);
 * ``stats.npy``: ``(L, 2, 2n + 2)`` float64 per-Gram row sums, diagonal (kept
   apart for rotations), total and sum of squares of the stored (rounded)
   Gram, so that self terms need no pass;
 * ``embed.npy``: the token embedding ``(V, n)`` exactly as read (bf16 bits,
-  float16 or float32), for the hidden-dimension alignment;
+  float16 or float32), for the hidden-dimension alignment, and, once a pair
+  has needed it, ``colcos-<crc32>.npy``: ``(n,)`` the largest ``|cos|`` of
+  each of its columns with any other over the rows its vocabulary covers
+  (:func:`awmtrace.collections.extract.column_bound`);
 * ``vocab.json``: the normalised vocabulary; ``manifest.json``: the model's
-  description, sizes and CRC-32 checksums of every file and every Gram.
+  description, and the size, modification time and CRC-32 of every file
+  (per layer for ``q.npy``/``k.npy``).
 
 Entries are written into a temporary folder and renamed into place, so a
 killed build leaves nothing half-written. An entry that fails a check
 (manifest, size, checksum, version) is removed and rebuilt, never used.
-Checksums of the large arrays are checked on first use in a process.
-A size limit evicts the least recently used entries.
+The small files are checksummed at every open; a large file is checksummed
+when its size or modification time differs from the manifest's (a file
+rewritten in place, or copied without its times), and always by
+``awm cache list --verify``. A size limit evicts the least recently used entries.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import numpy as np
 from awmtrace._version import __version__
 from awmtrace.arch import resolve as arch_resolve
 from awmtrace.errors import AwmError
-from awmtrace.io.base import RowReader, TensorSource
+from awmtrace.io.base import TensorSource
 from awmtrace.io.fingerprint import content_fingerprint
 from awmtrace.io.vocab import Vocab
 from awmtrace.pipeline import tensors_read
@@ -69,7 +74,7 @@ __all__ = [
 log = logging.getLogger("awmtrace")
 
 #: Layout version of an entry; entries of another layout are rebuilt.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 #: Default size limit of a cache folder.
 DEFAULT_LIMIT_BYTES = 64 << 30
 _MANIFEST = "manifest.json"
@@ -77,6 +82,10 @@ _LAST_USED = "last_used"
 _KIND = "awmtrace-model-cache"
 #: Rows of the embedding copied at a time while building an entry.
 _EMBED_BLOCK = 4096
+#: Files an entry may hold besides its manifest; the ``LAYER_FILES`` carry one CRC-32 per layer.
+ENTRY_FILES = ("embed.npy", "q.npy", "k.npy", "stats.npy", "vocab.json")
+LAYER_FILES = ("q.npy", "k.npy")
+_SMALL_FILES = ("stats.npy", "vocab.json")
 
 Progress = Callable[[str, int, int], None]
 
@@ -103,7 +112,7 @@ def extraction_options() -> dict[str, Any]:
     folded (:func:`canonical_qk`), ``"W"`` before that code exists.
     """
     folds = hasattr(arch_resolve, "read_norm")
-    return {"gram_dtype": "float16", "canonical": "W diag(gamma)" if folds else "W", "weights": ["q", "k"]}
+    return {"gram_dtype": "bfloat16", "canonical": "W diag(gamma)" if folds else "W", "weights": ["q", "k"]}
 
 
 def canonical_qk(source: TensorSource, view: ModelView, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,42 +164,13 @@ def _vocab_from_json(d: dict[str, Any]) -> Vocab:
     return Vocab(keys=keys, kind=d["kind"], source=d["source"], size=int(d["size"]), n_special=int(d["n_special"]))
 
 
-class CachedSource(TensorSource):
-    """The cached token embedding, served as a :class:`TensorSource` so that the pipeline's alignment reads it unchanged."""
-
-    def __init__(self, entry: CacheEntry) -> None:
-        self._entry = entry
-        self.path = entry.path
-        self.format = "awmtrace-cache"
-        self.config = {}
-        self.metadata = {}
-        self._name = entry.manifest["view"]["embedding"]["name"]
-
-    def names(self) -> list[str]:
-        return [self._name]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._entry.manifest["embedding"]["shape"])
-
-    def dtype(self, name: str) -> str:
-        return str(self._entry.manifest["embedding"]["dtype"])
-
-    def read(self, name: str) -> np.ndarray:
-        return self.row_reader(name).take(np.arange(self.shape(name)[0]))
-
-    def row_reader(self, name: str) -> RowReader:
-        return RowReader(self._entry.embedding(), self._entry.embedding_to_float32, f"{self.path}: cached embedding")
-
-
 @dataclass
 class CacheEntry:
     """One model's cache folder, its manifest checked (see :meth:`ModelCache.open`)."""
 
     path: Path
     manifest: dict[str, Any]
-    _verified: set[tuple[int, int]] = field(default_factory=set)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    _embed_ok: bool = False
 
     @property
     def key(self) -> str:
@@ -246,16 +226,14 @@ class CacheEntry:
         return arr
 
     def embedding(self) -> np.ndarray:
-        """``(V, n)`` stored embedding (memory-mapped), its checksum checked on first use."""
-        if not self._embed_ok:
-            if _crc_file(self.path / "embed.npy") != self.manifest["files"]["embed.npy"]["crc32"]:
-                raise CacheCorrupt(f"{self.path}: embed.npy fails its checksum")
-            self._embed_ok = True
+        """``(V, n)`` stored embedding (memory-mapped)."""
         return self._array("embed.npy")
 
     def embedding_to_float32(self, block: np.ndarray) -> np.ndarray:
         if self.manifest["embedding"]["dtype"] == "BF16":
-            return (block.astype(np.uint32) << 16).view(np.float32)
+            wide = block.astype(np.uint32)
+            wide <<= 16
+            return wide.view(np.float32)
         return block.astype(np.float32)
 
     def form(self, role: int) -> str:
@@ -263,14 +241,8 @@ class CacheEntry:
         return str(self.manifest["roles"][role]["form"])
 
     def stored(self, layer: int, role: int) -> np.ndarray:
-        """Layer ``layer``'s stored float16 matrix (memory-mapped) of role 0 = Q, 1 = K: Gram ``(n, n)`` or samples ``(n, d_out)``."""
-        info = self.manifest["roles"][role]
-        g = self._array(info["file"])[layer]
-        if (layer, role) not in self._verified:
-            if zlib.crc32(np.ascontiguousarray(g).data) != info["crc32"][layer]:
-                raise CacheCorrupt(f"{self.path}: layer {layer} {'QK'[role]} ({info['form']}) fails its checksum")
-            self._verified.add((layer, role))
-        return g
+        """Layer ``layer``'s stored bfloat16 bits (uint16, memory-mapped) of role 0 = Q, 1 = K: Gram ``(n, n)`` or samples ``(n, p)``."""
+        return self._array(self.manifest["roles"][role]["file"])[layer]
 
     def stats(self, layer: int, role: int) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Row sums ``(n,)``, diagonal ``(n,)`` (float64, the stored Gram's scale), total and sum of squares of Gram ``(layer, role)``."""
@@ -299,20 +271,44 @@ class CacheEntry:
             pass  # a read-only shared cache is still usable; recency is then not recorded
 
 
-def _check_manifest(path: Path, m: Any, key: str | None) -> None:
+def _check_manifest(path: Path, m: Any, key: str | None, verify: bool = False) -> None:
+    """Raise :class:`CacheCorrupt` unless the entry at ``path`` matches its manifest ``m`` (see the module docstring).
+
+    ``verify``: checksum every file, whatever its modification time.
+    """
     if not isinstance(m, dict) or m.get("kind") != _KIND:
         raise CacheCorrupt(f"{path}: not an awmtrace cache entry")
     if m.get("cache_format") != CACHE_FORMAT or m.get("tool_version") != __version__:
         raise CacheCorrupt(f"{path}: written by awmtrace {m.get('tool_version')} (cache format {m.get('cache_format')})")
     if key is not None and m.get("key") != key:
         raise CacheCorrupt(f"{path}: manifest key {m.get('key')} does not match its folder")
-    for name, info in m.get("files", {}).items():
+    for name in ENTRY_FILES:
+        info = m.get("files", {}).get(name)
+        if info is None:
+            if name != "vocab.json":
+                raise CacheCorrupt(f"{path}: the manifest does not list {name}")
+            continue
         f = path / name
-        if not f.is_file() or f.stat().st_size != info["bytes"]:
-            raise CacheCorrupt(f"{path}: {name} is missing or has the wrong size")
-    for name in ("vocab.json", "stats.npy"):
-        if name in m["files"] and _crc_file(path / name) != m["files"][name]["crc32"]:
+        try:
+            st = f.stat()
+        except OSError:
+            raise CacheCorrupt(f"{path}: {name} is missing") from None
+        if st.st_size != info["bytes"]:
+            raise CacheCorrupt(f"{path}: {name} has the wrong size")
+        if verify or name in _SMALL_FILES or st.st_mtime_ns != info.get("mtime_ns"):
+            _verify_file(path, m, name, info)
+
+
+def _verify_file(path: Path, m: dict[str, Any], name: str, info: dict[str, Any]) -> None:
+    if name not in LAYER_FILES:
+        if _crc_file(path / name) != info["crc32"]:
             raise CacheCorrupt(f"{path}: {name} fails its checksum")
+        return
+    role = next(r for r in m["roles"] if r["file"] == name)
+    arr = np.load(path / name, mmap_mode="r")
+    for layer, want in enumerate(role["crc32"]):
+        if zlib.crc32(np.ascontiguousarray(arr[layer]).data) != want:
+            raise CacheCorrupt(f"{path}: layer {layer} {role['role'].upper()} ({role['form']}) fails its checksum")
 
 
 def _space_error(root: Path, exc: OSError) -> CacheError:

@@ -1,13 +1,18 @@
-"""Building one cache entry: read a model once, write its Grams, embedding and vocabulary.
+"""Building one cache entry: read a model once, write its packed Grams, embedding and vocabulary.
 
-Arrays are written to files with plain sequential writes (an ``.npy`` header,
-then one Gram at a time), never through a writable memory map, so the
-dirty pages of a multi-GB entry never count in this process's memory.
+Layers are read as ``awm compare`` reads them (:class:`awmtrace.extract.AlignedReader`:
+raw reads on a background thread, bf16 widened with bit operations, norm gains
+folded); each Q/K Gram is one SYRK, packed to bfloat16 by
+:func:`awmtrace.core.packed.pack_gram`. Arrays are written with plain
+sequential writes (an ``.npy`` header, then one layer at a time), never
+through a writable memory map, so the dirty pages of a multi-GB entry never
+count in this process's memory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import zlib
 from collections.abc import Callable
@@ -20,40 +25,77 @@ import numpy as np
 from awmtrace._version import __version__
 from awmtrace.collections import cache as cache_mod
 from awmtrace.core import cka
+from awmtrace.core.certify import ColumnCosines
+from awmtrace.core.packed import pack_gram, round_bf16, widen_bf16
+from awmtrace.extract import AlignedReader
+from awmtrace.types import Alignment
 
-__all__ = ["write_entry", "model_card"]
+__all__ = ["write_entry", "model_card", "vocab_rows"]
 
 Progress = Callable[[str, int, int], None]
 
 _QUANTISED_OK = {"F32", "F16", "BF16", "F64"}
 
 
-def _write_embedding(model: Any, path: Path) -> tuple[str, list[int], int]:
-    """The token embedding, exactly as the alignment reads it; returns ``(dtype, shape, crc32)``."""
+def vocab_rows(vocab: Any, n_rows: int) -> np.ndarray:
+    """Sorted embedding rows a vocabulary names (all ``n_rows`` rows without one): the rows the column-cosine bound covers."""
+    if vocab is None:
+        return np.arange(n_rows, dtype=np.int64)
+    ids = np.fromiter(vocab.keys.values(), dtype=np.int64, count=len(vocab.keys))
+    return np.unique(ids[(ids >= 0) & (ids < n_rows)])
+
+
+def _write_embedding(model: Any, path: Path) -> dict[str, Any]:
+    """The token embedding, exactly as the alignment reads it; returns the manifest's ``embedding`` record."""
     source, name = model.source, model.view.embedding.name
     stored = source.dtype(name)
     shape = tuple(int(d) for d in source.shape(name))
     kind = stored if stored in ("BF16", "F16") else "F32"
     dtypes: dict[str, np.dtype[Any]] = {"BF16": np.dtype(np.uint16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
-    np_dtype = dtypes[kind]
     reader = source.row_reader(name)
-    crc = 0
     try:
         with path.open("wb") as fh:
-            cache_mod._write_npy_header(fh, np_dtype, shape)
+            cache_mod._write_npy_header(fh, dtypes[kind], shape)
             for start in range(0, shape[0], cache_mod._EMBED_BLOCK):
                 rows = reader.take(np.arange(start, min(start + cache_mod._EMBED_BLOCK, shape[0])))
-                if kind == "BF16":
-                    # The rows came from bf16: their top 16 bits are the stored value, exactly.
-                    block = (rows.view(np.uint32) >> 16).astype(np.uint16)
-                else:
-                    block = rows.astype(np_dtype)
+                # bf16 rows came from bf16: their top 16 bits are the stored value, exactly.
+                block = (rows.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else rows.astype(dtypes[kind])
                 fh.write(block.tobytes())
-        crc = cache_mod._crc_file(path)
     finally:
         reader.close()
         source.release()
-    return kind, list(shape), crc
+    return {"file": path.name, "dtype": kind, "shape": list(shape)}
+
+
+def column_bound(entry: Any) -> np.ndarray:
+    """The column-cosine bound of a cached model (:mod:`awmtrace.core.certify`) over its vocabulary's rows.
+
+    Computed from the cached embedding the first time a pair needs it (a SYRK over the rows, ``V n^2``
+    flops) and kept beside the entry as ``colcos-<crc32>.npy``, written atomically and checked against
+    the checksum in its name when read back; a cache that cannot be written only loses the copy.
+    """
+    for path in sorted(entry.path.glob("colcos-*.npy")):
+        try:
+            if f"{cache_mod._crc_file(path):08x}" == path.stem.split("-", 1)[1]:
+                return np.asarray(np.load(path), dtype=np.float64)
+        except (OSError, ValueError):
+            pass
+        path.unlink(missing_ok=True)
+    emb = entry.embedding()
+    covered = np.zeros(emb.shape[0], dtype=bool)
+    covered[vocab_rows(entry.vocab(), emb.shape[0])] = True
+    cosines = ColumnCosines(emb.shape[1])
+    for start in range(0, emb.shape[0], cache_mod._EMBED_BLOCK):
+        stop = min(start + cache_mod._EMBED_BLOCK, emb.shape[0])
+        cosines.add(entry.embedding_to_float32(emb[start:stop][covered[start:stop]]))
+    bound = cosines.max_other()
+    try:
+        tmp = entry.path / f".colcos.{os.getpid()}.npy"
+        np.save(tmp, bound)
+        os.replace(tmp, entry.path / f"colcos-{cache_mod._crc_file(tmp):08x}.npy")
+    except OSError:
+        pass  # a read-only cache: recomputed next time
+    return bound
 
 
 #: A role is cached as its samples ``X = W'`` ``(n, d_out)`` instead of its Gram when ``FEATURE_RATIO * d_out <= n``
@@ -65,79 +107,86 @@ class _ShapeChanged(Exception):
     """A layer's ``d_out`` differs from layer 0's (the feature form needs one shape)."""
 
 
-def _gram_into(w: np.ndarray, workspace: cka.GramWorkspace, full: np.ndarray, half: np.ndarray, stats: np.ndarray) -> float:
-    """Zero-diagonal Gram of ``w`` ``(d_out, n)`` scaled to max 1 into ``half`` ``(n, n)``.
+def _identity(n: int) -> Alignment:
+    """The alignment of a model with itself: what lets :class:`AlignedReader` read one model's layers as they are."""
+    return Alignment(index=np.arange(n), signs=np.ones(n, dtype=np.float32), cosines=np.ones(n), base="a",
+                     hidden_size_a=n, hidden_size_b=n, n_shared_tokens=0)  # fmt: skip
 
-    ``stats`` ``(2n + 2,)`` is filled; returns the scale.
+
+def _packed_gram(x: np.ndarray, buf: np.ndarray, out: np.ndarray, stats: np.ndarray) -> None:
+    """Pack the zero-diagonal Gram of samples ``x`` ``(n, d_out)`` into ``out`` ``(n, n)`` uint16; fills ``stats`` ``(2n + 2,)``."""
+    n = x.shape[0]
+    k = cka._syrk_upper(x, out=buf)
+    diag = np.einsum("ii->i", k)
+    if cka.float32_out_of_range(float(diag.max())):
+        # UCKA is scale-invariant: a power of two brings an overflowing (or vanishing) Gram back into range.
+        scale = cka.float32_rescale(float(np.max(np.abs(x))), x.shape[1])
+        if scale is not None:
+            k = cka._syrk_upper(x * np.float32(scale), out=buf)
+    st = pack_gram(k, out)
+    stats[:n] = st.rows
+    stats[n : 2 * n] = np.einsum("ii->i", k)
+    stats[2 * n] = st.total
+    stats[2 * n + 1] = st.sumsq
+
+
+def _packed_samples(x: np.ndarray, out: np.ndarray, stats: np.ndarray) -> None:
+    """Samples ``x`` ``(n, d_out)`` rounded to bfloat16 into ``out``; ``stats[0]`` = ``||X'X||_F^2`` of the rounded samples.
+
+    That norm is unchanged by the row permutations and signs of an alignment, so a pair need not recompute the ``(p, p)`` product.
     """
-    n = w.shape[1]
-    # The diagonal (squared sample norms) is kept apart: a rotation mixes it into the off-diagonal.
-    diag = np.einsum("ij,ij->j", w, w, dtype=np.float64)
-    terms = cka.gram_terms(w.T, out=workspace.buffer(n, 0))
-    # Both triangles: a gather by the alignment index needs the whole matrix.
-    np.add(terms.gram, terms.gram.T, out=full)
-    # Two reductions instead of np.abs(): no (n, n) temporary.
-    scale = max(float(full.max()), -float(full.min())) or 1.0
-    np.multiply(full, np.float32(1.0 / scale), out=half, casting="same_kind")
-    # Self terms from the rounded values the pairs will read, so both sides agree.
-    np.copyto(full, half)
-    rows = full.sum(axis=1, dtype=np.float64)
-    stats[:n] = rows
-    stats[n : 2 * n] = diag / scale
-    stats[2 * n] = rows.sum()
-    stats[2 * n + 1] = float(np.einsum("ij,ij->i", full, full).sum(dtype=np.float64))
-    return scale
+    round_bf16(x, out, np.empty(x.shape, dtype=np.uint32))
+    wide = widen_bf16(out, np.empty(x.shape, dtype=np.float32))
+    xtx = wide.T @ wide
+    stats[0] = float(np.einsum("ij,ij->i", xtx, xtx).sum(dtype=np.float64))
+
+
+def _roles(first: tuple[np.ndarray, np.ndarray], n: int, n_layers: int, force_gram: bool) -> list[dict[str, Any]]:
+    roles = []
+    for name, x in zip(("q", "k"), first, strict=True):
+        d_out = int(x.shape[1])
+        form = "feature" if not force_gram and FEATURE_RATIO * d_out <= n else "gram"
+        shape = [n_layers, n, n] if form == "gram" else [n_layers, n, d_out]
+        roles.append({"role": name, "file": f"{name}.npy", "form": form, "shape": shape, "crc32": []})
+    return roles
 
 
 def _write_layers(model: Any, folder: Path, progress: Progress, force_gram: bool = False) -> list[dict[str, Any]]:
-    """``q.npy``/``k.npy`` (Grams ``(L, n, n)`` or samples ``(L, n, d_out)``, float16) and ``stats.npy`` ``(L, 2, 2n + 2)``.
+    """``q.npy``/``k.npy`` (packed Grams ``(L, n, n)`` or samples ``(L, n, d_out)``, bfloat16 bits) and ``stats.npy`` ``(L, 2, 2n + 2)``.
 
-    Returns per role: file, form (``gram``/``feature``), shape, per-layer scales and CRC-32s.
+    Returns per role: file, form (``gram``/``feature``), shape and per-layer CRC-32s.
     """
-    view, source = model.view, model.source
+    view = model.view
     n_layers, n = view.n_layers, view.hidden_size
-    workspace = cka.GramWorkspace()
-    full = np.empty((n, n), dtype=np.float32)
+    reader = AlignedReader(model, model, _identity(n))
+    buf = np.zeros((n, n), dtype=np.float32, order="F")
     stats = np.zeros((n_layers, 2, 2 * n + 2), dtype=np.float64)
-    first: tuple[np.ndarray, ...] | None = cache_mod.canonical_qk(source, view, 0)
-    assert first is not None
-    roles: list[dict[str, Any]] = []
-    for name, w in zip(("q", "k"), first, strict=True):
-        form = "feature" if not force_gram and FEATURE_RATIO * w.shape[0] <= n else "gram"
-        shape = [n_layers, n, n] if form == "gram" else [n_layers, n, int(w.shape[0])]
-        roles.append({"role": name, "file": f"{name}.npy", "form": form, "shape": shape, "scale": [], "crc32": []})
-    halves = [np.empty(r["shape"][1:], dtype=np.float16) for r in roles]
+    mats = reader.samples("a", 0)
+    reader.prefetch("a", 1)
+    roles = _roles(mats, n, n_layers, force_gram)
+    halves = [np.empty(r["shape"][1:], dtype=np.uint16) for r in roles]
     handles = [(folder / r["file"]).open("wb") for r in roles]
     try:
         for r, fh in zip(roles, handles, strict=True):
-            cache_mod._write_npy_header(fh, np.dtype(np.float16), tuple(r["shape"]))
+            cache_mod._write_npy_header(fh, np.dtype(np.uint16), tuple(r["shape"]))
         for i in range(n_layers):
-            if i + 1 < n_layers:
-                nxt = view.layers[i + 1]
-                source.prefetch(sorted({nxt.q.name, nxt.k.name}))
-            mats = first if first is not None else cache_mod.canonical_qk(source, view, i)
-            first = None
-            for role, (w, r, half, fh) in enumerate(zip(mats, roles, halves, handles, strict=True)):
+            if i:
+                mats = reader.samples("a", i)
+                reader.prefetch("a", i + 1)
+            for role, (x, r, half, fh) in enumerate(zip(mats, roles, halves, handles, strict=True)):
                 if r["form"] == "gram":
-                    scale = _gram_into(w, workspace, full, half, stats[i, role])
+                    _packed_gram(x, buf, half, stats[i, role])
+                elif x.shape[1] != r["shape"][2]:
+                    raise _ShapeChanged
                 else:
-                    if w.shape[0] != r["shape"][2]:
-                        raise _ShapeChanged
-                    scale = float(np.abs(w).max()) or 1.0
-                    np.multiply(w.T, np.float32(1.0 / scale), out=half, casting="same_kind")
-                    # ||X'X||_F^2 of the rounded samples: unchanged by the row permutations and signs of an
-                    # alignment, so a pair need not recompute the (p, p) product.
-                    x = half.astype(np.float32)
-                    xtx = x.T @ x
-                    stats[i, role, 0] = float(np.einsum("ij,ij->i", xtx, xtx).sum(dtype=np.float64))
+                    _packed_samples(x, half, stats[i, role])
                 fh.write(half.data)
                 r["crc32"].append(zlib.crc32(half.data))
-                r["scale"].append(scale)
-            del mats
             progress("caching layers", i + 1, n_layers)
     finally:
         for fh in handles:
             fh.close()
+        model.source.release()
     np.save(folder / "stats.npy", stats)
     return roles
 
@@ -181,21 +230,13 @@ def write_entry(model: Any, folder: Path, key: str, fingerprint: str, options: d
     """Read ``model`` (a :class:`awmtrace.pipeline.Model`) once and write a complete entry into ``folder``; returns its manifest."""
     progress = progress or (lambda stage, done, total: None)
     view, source = model.view, model.source
-    emb_dtype, emb_shape, emb_crc = _write_embedding(model, folder / "embed.npy")
+    embedding = _write_embedding(model, folder / "embed.npy")
     roles = _write_roles(model, folder, progress)
     vocab_info: dict[str, Any] = {"present": model.vocab is not None, "error": str(model.vocab_error) if model.vocab_error else None}
     if model.vocab is not None:
         (folder / "vocab.json").write_text(json.dumps(cache_mod._vocab_to_json(model.vocab)), encoding="utf-8")
     dtypes = sorted({source.dtype(n) for layer in view.layers for n in (layer.q.name, layer.k.name)})
     src_path = Path(source.path)
-    files = {}
-    for name in ("embed.npy", "q.npy", "k.npy", "stats.npy", "vocab.json"):
-        f = folder / name
-        if f.exists():
-            files[name] = {"bytes": f.stat().st_size, "crc32": emb_crc if name == "embed.npy" else None}
-    for name in ("stats.npy", "vocab.json"):
-        if name in files:
-            files[name]["crc32"] = cache_mod._crc_file(folder / name)
     summary = view.summary()
     summary["embedding"] = view.embedding.to_dict()
     manifest = {
@@ -211,10 +252,23 @@ def write_entry(model: Any, folder: Path, key: str, fingerprint: str, options: d
         "quantised": any(d not in _QUANTISED_OK for d in dtypes),
         "card": model_card(src_path if src_path.is_dir() else src_path.parent),
         "vocab": vocab_info,
-        "embedding": {"file": "embed.npy", "dtype": emb_dtype, "shape": emb_shape},
+        "embedding": embedding,
         "roles": roles,
-        "files": files,
+        "files": _file_records(folder),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (folder / cache_mod._MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     return manifest
+
+
+def _file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size, modification time and CRC-32 of every array file: what :meth:`ModelCache.open` checks an entry against."""
+    files = {}
+    for name in cache_mod.ENTRY_FILES:
+        f = folder / name
+        if f.exists():
+            st = os.stat(f)
+            # q.npy/k.npy carry a CRC per layer in their role record instead of one over the whole file.
+            crc = None if name in cache_mod.LAYER_FILES else cache_mod._crc_file(f)
+            files[name] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": crc}
+    return files

@@ -1,50 +1,94 @@
-"""One pair from two cache entries: alignment, aligned Grams, per-layer UCKA, layer matching, z/p/verdict.
+"""One pair from two cache entries: alignment, per-layer UCKA from packed Grams, layer matching, z/p/verdict.
 
 The alignment is the pipeline's own (:func:`awmtrace.pipeline.align_models`)
 run on the cached embeddings and vocabularies, so it follows the same rules
-as ``awm compare``. The base (wider) model's Gram is aligned by gathering
-rows and columns (``K[idx][:, idx]``, rectangular when widths differ), the
-other model's by its signs (``D L D``), which is what the pipeline's
-index-and-sign alignment of the samples does to their Grams. UCKA is then
-the unbiased HSIC of Song et al. (2012) from these matrices; scores equal
-``awm compare``'s up to the rounding of the float16 Grams.
+as ``awm compare``; the cached column-cosine bound lets it prove a related
+pair's assignment without the full cosine matrix (:mod:`awmtrace.core.certify`).
+The base (wider) model's Gram is aligned by gathering rows and columns
+(rectangular when widths differ), the other model's by its signs (``D L D``),
+which is what the pipeline's index-and-sign alignment of the samples does to
+their Grams; the cross term comes from :func:`awmtrace.core.packed.gathered_cross`
+and the self terms from the statistics stored with each Gram. Layers are
+scored on a few threads (the array work releases the GIL). Scores equal
+``awm compare``'s up to the bfloat16 rounding of the Grams.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy.linalg.blas import sgemv
 
 from awmtrace._version import __version__
-from awmtrace.collections.cache import CachedSource, CacheEntry
+from awmtrace.collections.cache import CacheEntry
+from awmtrace.collections.extract import column_bound, vocab_rows
 from awmtrace.core import cka, stats
 from awmtrace.core.align import match_layers
 from awmtrace.core.cka import cka_from_terms
 from awmtrace.core.cka import hsic_from_sums as _hsic
+from awmtrace.core.packed import gathered_cross, pack_gram, widen_bf16
 from awmtrace.errors import VocabularyError
+from awmtrace.io.base import RowReader, TensorSource
 from awmtrace.types import Alignment, LayerScore, NullModel, PairResult
 
-__all__ = ["cached_model", "align_entries", "align_gram", "assess", "score_pair"]
+__all__ = ["cached_model", "align_entries", "assess", "score_pair", "default_threads"]
 
 Progress = Callable[[str, int, int], None]
 
 
+def default_threads() -> int:
+    """Threads a pair uses by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class CachedSource(TensorSource):
+    """The cached token embedding, served as a :class:`TensorSource` so that the pipeline's alignment reads it unchanged."""
+
+    def __init__(self, entry: CacheEntry) -> None:
+        self._entry = entry
+        self.path = entry.path
+        self.format = "awmtrace-cache"
+        self.config = {}
+        self.metadata = {}
+        self._name = entry.manifest["view"]["embedding"]["name"]
+
+    def names(self) -> list[str]:
+        return [self._name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entry.manifest["embedding"]["shape"])
+
+    def dtype(self, name: str) -> str:
+        return str(self._entry.manifest["embedding"]["dtype"])
+
+    def read(self, name: str) -> np.ndarray:
+        return self.row_reader(name).take(np.arange(self.shape(name)[0]))
+
+    def row_reader(self, name: str) -> RowReader:
+        return RowReader(self._entry.embedding(), self._entry.embedding_to_float32, f"{self.path}: cached embedding")
+
+
 def cached_model(entry: CacheEntry, spec: str | None = None) -> Any:
-    """A :class:`awmtrace.pipeline.Model` whose only tensor is the cached embedding (for the alignment)."""
+    """A :class:`awmtrace.pipeline.Model` whose only tensor is the cached embedding (for the alignment), with its column-cosine bound."""
     from awmtrace.pipeline import Model
 
     err = entry.manifest["vocab"]["error"]
+    vocab = entry.vocab()
     return Model(
         spec=spec or str(entry.manifest["spec"]),
         source=CachedSource(entry),
         view=entry.view(),
-        vocab=entry.vocab(),
+        vocab=vocab,
         vocab_error=VocabularyError(err) if err else None,
+        column_cosines=lambda: column_bound(entry),
+        cosine_rows=vocab_rows(vocab, int(entry.manifest["embedding"]["shape"][0])),
     )
 
 
@@ -55,93 +99,104 @@ def align_entries(a: Any, b: Any, align: str, min_shared_tokens: int, progress: 
     return align_models(a, b, align, min_shared_tokens, progress)
 
 
-@dataclass
-class AlignedGram:
-    """A Gram after alignment, float32 ``(n_other, n_other)`` zero diagonal, with its HSIC terms.
+class _Side:
+    """One model of a pair and how the alignment applies to it: the base is gathered (or rotated), the other signed."""
 
-    ``signs``: the other model's signs ``(n_other,)`` when they are still to be
-    applied (``None`` when already applied or all +1); ``rows``: ``(n_other,)``
-    float64 row sums of the signed matrix.
-    """
+    def __init__(self, entry: CacheEntry, al: Alignment, is_base: bool) -> None:
+        self.entry, self.is_base = entry, is_base
+        n = entry.hidden_size
+        rotation = getattr(al, "rotation", None)
+        self.rotation = rotation if is_base else None
+        gather = is_base and rotation is None and not (al.index.size == n and np.array_equal(al.index, np.arange(n)))
+        self.index = al.index if gather else None
+        self.permutation = self.index is None or al.index.size == n
+        self.signs = al.signs if not is_base and rotation is None and al.n_sign_flips else None
 
-    gram: np.ndarray
-    rows: np.ndarray
-    total: float
-    sumsq: float
-    signs: np.ndarray | None
+    def wide(self, layer: int, role: int) -> np.ndarray:
+        """The stored matrix widened to float32, its diagonal restored for a Gram (what a rotation needs)."""
+        bits = self.entry.stored(layer, role)
+        out = widen_bf16(bits, np.empty(bits.shape, dtype=np.float32))
+        if self.entry.form(role) == "gram":
+            n = out.shape[0]
+            out[np.diag_indices(n)] = self.entry.stats(layer, role)[1]
+        return out
 
-    @property
-    def n(self) -> int:
-        return int(self.gram.shape[0])
+    def samples(self, layer: int, role: int) -> np.ndarray:
+        """Feature-form samples ``(n_other, d_out)`` float32, aligned as the pipeline aligns samples."""
+        x = self.wide(layer, role)
+        if self.rotation is not None:
+            return np.asarray(self.rotation.T @ x, dtype=np.float32)
+        if self.index is not None:
+            return np.ascontiguousarray(x[self.index])
+        if self.signs is not None:
+            x *= self.signs[:, None]
+        return x
 
-    def self_hsic(self) -> float:
-        return _hsic(self.sumsq, self.total, self.total, float(self.rows @ self.rows), self.n)
+    def packed(self, layer: int, role: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """``(bits, rows, total, sumsq)`` of the Gram as stored, or packed from the samples when the role is stored as samples."""
+        if self.entry.form(role) == "gram":
+            rows, _, total, sumsq = self.entry.stats(layer, role)
+            return self.entry.stored(layer, role), rows, total, sumsq
+        x = np.asfortranarray(widen_bf16(self.entry.stored(layer, role), np.empty(self.entry.stored(layer, role).shape, np.float32)))
+        n = x.shape[0]
+        bits = np.empty((n, n), dtype=np.uint16)
+        st = pack_gram(cka._syrk_upper(x), bits)
+        return bits, st.rows, st.total, st.sumsq
 
 
-def _matvec(a: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``a @ v`` for C-ordered float32 ``a`` ``(m, n)`` by scipy's SGEMV on the transposed view (no copy).
+def _gram_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
+    """UCKA of the Grams of base layer ``i`` and other layer ``j``."""
+    if base.rotation is not None:
+        return _rotated_ucka(base, other, i, j, role)
+    kb, rows_b, total_b, sq_b = base.packed(i, role)
+    lo, rows_o, total_o, sq_o = other.packed(j, role)
+    ct = gathered_cross(kb, lo, base.index, other.signs, base_stats=not base.permutation)
+    if ct.base is not None:
+        rows_b, total_b, sq_b = ct.base.rows, ct.base.total, ct.base.sumsq
+    elif base.index is not None:
+        rows_b = rows_b[base.index]
+    if ct.other_rows is not None:
+        rows_o, total_o = ct.other_rows, float(ct.other_rows.sum())
+    n = lo.shape[0]
+    hxy = _hsic(ct.trace, total_b, total_o, float(rows_b @ rows_o), n)
+    return cka_from_terms(
+        hxy, _hsic(sq_b, total_b, total_b, float(rows_b @ rows_b), n), _hsic(sq_o, total_o, total_o, float(rows_o @ rows_o), n)
+    )
 
-    scipy's BLAS, as :mod:`awmtrace.core.cka` uses: numpy and scipy each bundle an OpenBLAS with its
-    own thread pool, and alternating between them leaves one pool spinning while the other works.
-    """
-    return np.asarray(sgemv(1.0, a.T, np.asarray(v, dtype=np.float32), trans=1))
 
-
-def _full_stats(k: np.ndarray) -> tuple[np.ndarray, float, float]:
+def _stats_of(k: np.ndarray) -> tuple[np.ndarray, float, float]:
     rows = k.sum(axis=1, dtype=np.float64)
     return rows, float(rows.sum()), float(np.einsum("ij,ij->i", k, k).sum(dtype=np.float64))
 
 
-def align_gram(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base: bool) -> AlignedGram:
-    """Gram ``(layer, role)`` of ``entry`` as the aligned samples of a pair would give it.
-
-    Base side: rows/columns gathered by ``al.index`` (``K[idx][:, idx]``), or,
-    when the alignment carries an orthogonal ``rotation`` ``(n_base, n_other)``,
-    ``R' (K~ + diag) R`` with its diagonal zeroed. Other side: unchanged, its
-    signs ``s`` applied as ``D L D`` (row sums and total here; the cross term
-    in :func:`hsic_pair`).
-    """
-    g16 = entry.stored(layer, role)
-    rows, diag, total, sumsq = entry.stats(layer, role)
-    rotation = getattr(al, "rotation", None)
-    if is_base and rotation is not None:
-        full = g16.astype(np.float32)
-        full[np.diag_indices_from(full)] = diag.astype(np.float32)
-        k = rotation.T @ full @ rotation
-        np.fill_diagonal(k, 0.0)
-        return AlignedGram(k, *_full_stats(k), signs=None)
-    if is_base:
-        n_base = g16.shape[0]
-        if al.index.size == n_base and np.array_equal(al.index, np.arange(n_base)):
-            return AlignedGram(g16.astype(np.float32), rows, total, sumsq, None)
-        bits = g16.view(np.uint16)
-        # Gather the 2-byte values, then widen: half the bytes moved.
-        k = np.take(np.take(bits, al.index, axis=0), al.index, axis=1).view(np.float16).astype(np.float32)
-        if al.index.size == n_base:  # a permutation: row sums permute, the rest stays
-            return AlignedGram(k, rows[al.index], total, sumsq, None)
-        return AlignedGram(k, *_full_stats(k), signs=None)
-    k = g16.astype(np.float32)
-    if getattr(al, "rotation", None) is not None or al.n_sign_flips == 0:
-        return AlignedGram(k, rows, total, sumsq, None)
-    s = al.signs.astype(np.float32)
-    ls = _matvec(k, s).astype(np.float64)  # L~ s
-    return AlignedGram(k, s.astype(np.float64) * ls, float(s @ ls), sumsq, signs=s)
+def _rotated_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
+    """An orthogonal alignment: ``R' (K~ + diag) R`` with its diagonal zeroed, against the other's Gram (float32, in full)."""
+    assert base.rotation is not None
+    if base.entry.form(role) == "gram":
+        k = base.rotation.T @ base.wide(i, role) @ base.rotation
+    else:
+        x = base.samples(i, role)
+        k = x @ x.T
+    np.fill_diagonal(k, 0.0)
+    if other.entry.form(role) == "gram":
+        lo = widen_bf16(other.entry.stored(j, role), np.empty(other.entry.stored(j, role).shape, np.float32))
+    else:
+        y = other.samples(j, role)
+        lo = y @ y.T
+        np.fill_diagonal(lo, 0.0)
+    (rk, tk, sk), (rl, tl, sl) = _stats_of(k), _stats_of(lo)
+    tr = float(np.einsum("ij,ij->i", k, lo).sum(dtype=np.float64))
+    n = k.shape[0]
+    return cka_from_terms(_hsic(tr, tk, tl, float(rk @ rl), n), _hsic(sk, tk, tk, float(rk @ rk), n), _hsic(sl, tl, tl, float(rl @ rl), n))
 
 
-def aligned_samples(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base: bool) -> np.ndarray:
-    """Stored samples ``(n, p)`` of a feature-form role, aligned as the pipeline aligns samples: ``(n_other, p)`` float32."""
-    x16 = entry.stored(layer, role)
-    rotation = getattr(al, "rotation", None)
-    if is_base:
-        if rotation is not None:
-            return np.asarray(rotation.T @ x16.astype(np.float32), dtype=np.float32)
-        if al.index.size == x16.shape[0] and np.array_equal(al.index, np.arange(x16.shape[0])):
-            return x16.astype(np.float32)
-        return np.take(x16, al.index, axis=0).astype(np.float32)
-    x = x16.astype(np.float32)
-    if rotation is None and al.n_sign_flips:
-        x *= al.signs[:, None]
-    return x
+def _feature_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
+    """UCKA of two feature-form roles, in feature space; ``||X'X||`` from the cache where the alignment keeps it."""
+    xb, xo = base.samples(i, role), other.samples(j, role)
+    keeps = base.rotation is None and base.permutation
+    tb = _feature_terms(xb, base.entry.stats(i, role)[0][0] if keeps else None)
+    to = _feature_terms(xo, other.entry.stats(j, role)[0][0])
+    return cka.cka_from_terms(cka.hsic_from_feature_terms(tb, to), tb.self_hsic, to.self_hsic)
 
 
 def _feature_terms(x: np.ndarray, xtx_sq: float | None) -> cka.FeatureTerms:
@@ -151,47 +206,16 @@ def _feature_terms(x: np.ndarray, xtx_sq: float | None) -> cka.FeatureTerms:
     n = x.shape[0]
     sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     cols = x.sum(axis=0, dtype=np.float64)
-    rows = _matvec(x, cols.astype(np.float32)).astype(np.float64) - sq
+    rows = (x @ cols.astype(np.float32)).astype(np.float64) - sq
     total = float(cols @ cols - sq.sum())
     self_hsic = _hsic(xtx_sq - float(sq @ sq), total, total, float(rows @ rows), n)
     return cka.FeatureTerms(x=x, sq_norms=sq, row_sums=rows, total=total, self_hsic=self_hsic)
 
 
-def _gram_of(x: np.ndarray) -> AlignedGram:
-    k = x @ x.T
-    np.fill_diagonal(k, 0.0)
-    return AlignedGram(k, *_full_stats(k), signs=None)
-
-
-def _terms(entry: CacheEntry, layer: int, role: int, al: Alignment, is_base: bool, mode: str) -> Any:
-    """Feature terms (``mode == "feature"``, both sides stored as samples) or an :class:`AlignedGram`."""
-    if mode == "feature":
-        # A row permutation with signs keeps ||X'X||; a rectangular gather or a rotation does not.
-        n_rows = entry.stored(layer, role).shape[0]
-        keeps = getattr(al, "rotation", None) is None and (not is_base or al.index.size == n_rows)
-        return _feature_terms(aligned_samples(entry, layer, role, al, is_base), entry.stats(layer, role)[0][0] if keeps else None)
-    if entry.form(role) == "feature":
-        return _gram_of(aligned_samples(entry, layer, role, al, is_base))
-    return align_gram(entry, layer, role, al, is_base)
-
-
-def _ucka(tb: Any, to: Any, mode: str, scratch: np.ndarray | None) -> float:
-    if mode == "feature":
-        return cka.cka_from_terms(cka.hsic_from_feature_terms(tb, to), tb.self_hsic, to.self_hsic)
-    return hsic_pair(tb, to, scratch)
-
-
-def hsic_pair(base: AlignedGram, other: AlignedGram, scratch: np.ndarray | None = None) -> float:
-    """UCKA of two aligned Grams (same n)."""
-    if base.n != other.n:
-        raise ValueError(f"aligned Grams differ in size: {base.n} vs {other.n}")
-    if other.signs is None:
-        tr = float(np.einsum("ij,ij->i", base.gram, other.gram).sum(dtype=np.float64))
-    else:
-        m = np.multiply(base.gram, other.gram, out=scratch)
-        tr = float(other.signs.astype(np.float64) @ _matvec(m, other.signs).astype(np.float64))
-    hxy = _hsic(tr, base.total, other.total, float(base.rows @ other.rows), base.n)
-    return cka_from_terms(hxy, base.self_hsic(), other.self_hsic())
+def _ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
+    if base.entry.form(role) == other.entry.form(role) == "feature":
+        return _feature_ucka(base, other, i, j, role)
+    return _gram_ucka(base, other, i, j, role)
 
 
 def assess(score: float, null_model: NullModel, z_related: float, z_inconclusive: float, n_samples: int) -> stats.Assessment:
@@ -203,25 +227,28 @@ def assess(score: float, null_model: NullModel, z_related: float, z_inconclusive
     return stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_samples)
 
 
-def _layer_scores(ea: CacheEntry, eb: CacheEntry, al: Alignment) -> tuple[np.ndarray, np.ndarray]:
+def _layer_scores(ea: CacheEntry, eb: CacheEntry, al: Alignment, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """``(L_a, L_b)`` UCKA of Q and of K; only the diagonal when depths are equal (the rest is NaN)."""
     la, lb = ea.n_layers, eb.n_layers
-    base, other = (ea, eb) if al.base == "a" else (eb, ea)
-    lbase, lother = (la, lb) if al.base == "a" else (lb, la)
-    sq = np.full((lbase, lother), np.nan)
-    sk = np.full((lbase, lother), np.nan)
-    scratch: np.ndarray | None = None
-    modes = ["feature" if base.form(r) == other.form(r) == "feature" else "gram" for r in (0, 1)]
-    for i in range(lbase):
-        targets = [i] if la == lb else range(lother)
-        for role, out in ((0, sq), (1, sk)):
-            tb = _terms(base, i, role, al, True, modes[role])
-            if modes[role] == "gram" and (scratch is None or scratch.shape != tb.gram.shape):
-                scratch = np.empty_like(tb.gram)
-            for j in targets:
-                out[i, j] = _ucka(tb, _terms(other, j, role, al, False, modes[role]), modes[role], scratch)
-        base.release()
-        other.release()
+    base = _Side(ea if al.base == "a" else eb, al, True)
+    other = _Side(eb if al.base == "a" else ea, al, False)
+    lbase, lother = base.entry.n_layers, other.entry.n_layers
+    out = np.full((2, lbase, lother), np.nan)
+    tasks = [(i, j, role) for i in range(lbase) for j in ([i] if la == lb else range(lother)) for role in (0, 1)]
+
+    def run(task: tuple[int, int, int]) -> float:
+        return _ucka(base, other, *task)
+
+    chunk = 4 * max(1, threads)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start : start + chunk]
+            for (i, j, role), value in zip(part, pool.map(run, part), strict=True):
+                out[role, i, j] = value
+            # Mapped pages count in this process's memory: drop those read so far (the page cache keeps them).
+            base.entry.release()
+            other.entry.release()
+    sq, sk = out[0], out[1]
     if al.base == "b":
         sq, sk = sq.T, sk.T
     return sq, sk
@@ -257,6 +284,7 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     min_shared_tokens: int | None = None,
     z_related: float = stats.Z_RELATED,
     z_inconclusive: float = stats.Z_INCONCLUSIVE,
+    threads: int | None = None,
 ) -> PairResult:
     """Compare two cached models; the same :class:`PairResult` as :func:`awmtrace.pipeline.compare_models` gives."""
     from awmtrace.nulls import load_null, null_record
@@ -270,7 +298,7 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
-    sq, sk = _layer_scores(ea, eb, al)
+    sq, sk = _layer_scores(ea, eb, al, default_threads() if threads is None else threads)
     layers, matching = _matching(sq, sk)
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
@@ -279,7 +307,7 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     notes.extend(al.quality.get("notes", []))
     null_info, caveat = null_record(null_model, al.method)
     notes.extend([caveat] if caveat else [])
-    notes.append("scored from cached float16 Grams (awm matrix)")
+    notes.append("scored from cached bfloat16 Grams (awm matrix)")
     return PairResult(
         a=ma.summary(),
         b=mb.summary(),

@@ -46,6 +46,7 @@ __all__ = [
     "procrustes",
     "orthogonal_quality",
     "choose_alignment",
+    "settled_by_lap",
     "match_layers",
     "ALIGN_MODES",
     "LAP_SUFFICIENT",
@@ -140,9 +141,7 @@ class CosineAccumulator:
             raise ValueError(f"the base must be the wider model: n_base={n_base} < n_other={n_other}")
         self.n_base = n_base
         self.n_other = n_other
-        # (n_other, n_base): rows = dimensions to assign, columns = base dimensions.
-        # Fortran order, so that SGEMM accumulates into it in place.
-        self._cross = np.zeros((n_other, n_base), dtype=np.float32, order="F")
+        self._cross = self._new_cross()
         self._base = _Side(n_base)
         self._other = _Side(n_other)
         self._positions = (
@@ -151,6 +150,19 @@ class CosineAccumulator:
             else np.zeros(0, dtype=np.int64)
         )
         self.n_rows = 0
+
+    def _new_cross(self) -> np.ndarray:
+        # (n_other, n_base): rows = dimensions to assign, columns = base dimensions.
+        # Fortran order, so that SGEMM accumulates into it in place.
+        return np.zeros((self.n_other, self.n_base), dtype=np.float32, order="F")
+
+    def _add_cross(self, rb: np.ndarray, ro: np.ndarray) -> None:
+        # cross += ro' rb by SGEMM with beta=1, in place: no (n_other, n_base)
+        # temporary per block. ro.T and rb.T are Fortran-ordered views, so
+        # BLAS reads the blocks without copies.
+        out = sgemm(1.0, ro.T, rb.T, trans_b=1, beta=1.0, c=self._cross, overwrite_c=1)
+        if not np.shares_memory(out, self._cross):  # pragma: no cover - ruled out by the layouts above
+            raise RuntimeError("sgemm did not accumulate into the cosine buffer")
 
     def _scaled(self, side: _Side, rows: np.ndarray) -> np.ndarray:
         """``rows`` as float32 in this side's units, rescaling what was accumulated when the exponent rises."""
@@ -177,12 +189,7 @@ class CosineAccumulator:
             raise NumericalError("the token embedding holds NaN or Inf values")
         rb = self._scaled(self._base, rows_base)
         ro = self._scaled(self._other, rows_other)
-        # cross += ro' rb by SGEMM with beta=1, in place: no (n_other, n_base)
-        # temporary per block. ro.T and rb.T are Fortran-ordered views, so
-        # BLAS reads the blocks without copies.
-        out = sgemm(1.0, ro.T, rb.T, trans_b=1, beta=1.0, c=self._cross, overwrite_c=1)
-        if not np.shares_memory(out, self._cross):  # pragma: no cover - ruled out by the layouts above
-            raise RuntimeError("sgemm did not accumulate into the cosine buffer")
+        self._add_cross(rb, ro)
         for side, rows in ((self._base, rb), (self._other, ro)):
             side.sums += rows.sum(axis=0, dtype=np.float64)
             side.sq += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
@@ -415,18 +422,34 @@ def choose_alignment(acc: CosineAccumulator, mode: str = "auto") -> AlignmentCho
     return replace(choice, decision_s=time.perf_counter() - started)
 
 
+def settled_by_lap(lap: AlignmentChoice, mode: str) -> AlignmentChoice | None:
+    """The choice when the LAP alone decides (``lap`` mode, or ``auto`` with a sufficient LAP quality), else ``None``.
+
+    ``lap``: the LAP solution with ``quality["lap"]`` set. The first rules of
+    :func:`choose_alignment`, which need nothing beyond the matched cosines.
+    """
+    q_lap = float(lap.quality["lap"])
+    quality: dict[str, Any] = {"lap": q_lap, "embedding_cka": None, "orthogonal": None, "rank": None}
+    if mode == "auto" and q_lap >= LAP_SUFFICIENT:
+        return replace(
+            lap, quality=quality, reason=f"lap quality {q_lap:.3f} >= {LAP_SUFFICIENT}: a signed permutation explains the embeddings"
+        )
+    if mode == "lap":
+        return replace(lap, quality=quality, reason="--align lap")  # the paper's path, at the paper's cost: no further evidence
+    return None
+
+
 def _decide(lap: AlignmentChoice, cos: np.ndarray, stats: EmbeddingStats, mode: str) -> AlignmentChoice:
     """The rules of :func:`choose_alignment` after the LAP (``cos``: the ``(n_other, n_base)`` cosines, consumed)."""
+    settled = settled_by_lap(lap, mode)
+    if settled is not None:
+        return settled
     q_lap = float(lap.quality["lap"])
     quality: dict[str, Any] = {"lap": q_lap, "embedding_cka": None, "orthogonal": None, "rank": None}
 
     def keep_lap(reason: str, *notes: str) -> AlignmentChoice:
         return replace(lap, quality=quality, reason=reason, notes=tuple(notes))
 
-    if mode == "auto" and q_lap >= LAP_SUFFICIENT:
-        return keep_lap(f"lap quality {q_lap:.3f} >= {LAP_SUFFICIENT}: a signed permutation explains the embeddings")
-    if mode == "lap":
-        return keep_lap("--align lap")  # the paper's path, at the paper's cost: no further evidence
     quality["embedding_cka"] = cka = embedding_cka(stats)
     n_rows, n_other = stats.n_rows, cos.shape[0]
     if n_rows <= n_other:

@@ -295,7 +295,26 @@ class RowReader:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), cols)`` float32 rows, NaN/Inf refused."""
         rows = np.asarray(rows, dtype=np.int64)
-        return to_float32(self._convert(self._stored[rows]), self._where)
+        # A run of consecutive rows (the usual case: tokenizers list ids in order) is sliced, not gathered.
+        run = (
+            isinstance(self._stored, np.ndarray)
+            and rows.size > 1
+            and int(rows[-1]) - int(rows[0]) == rows.size - 1
+            and bool(np.all(np.diff(rows) == 1))
+        )
+        stored = self._stored[int(rows[0]) : int(rows[-1]) + 1] if run else self._stored[rows]
+        values = self._convert(stored)
+        if (
+            isinstance(values, np.ndarray)
+            and values.dtype == np.float32
+            and values.flags.c_contiguous
+            and not np.may_share_memory(values, self._stored)
+        ):
+            if not np.isfinite(values).all():
+                bad = int(np.count_nonzero(~np.isfinite(values)))
+                raise NumericalError(f"{self._where}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged")
+            return values  # already a fresh float32 array: no second copy
+        return to_float32(values, self._where)
 
     def close(self) -> None:
         self._stored = None

@@ -1,0 +1,160 @@
+"""A LAP alignment proven optimal without the full cosine matrix.
+
+The full alignment (:func:`awmtrace.core.align.choose_alignment`) needs every
+cosine between the ``n_other`` columns of one embedding and the ``n_base``
+of the other over all shared tokens: ``2 V n_other n_base`` flops, the
+largest single cost of a pair scored from cached Grams. For a related pair
+the assignment is usually evident, and it can be *proven* optimal for far
+less:
+
+1. A candidate ``m`` (other dimension ``j`` -> base dimension ``m(j)``) is the
+   row-wise largest ``|cos|`` over a sample of shared rows
+   (:func:`candidate`); it must be one-to-one.
+2. One pass over all shared rows gives the exact matched cosines
+   ``c_j = cos(b_j, a_m(j))`` (:class:`MatchedAccumulator`, ``2 V n`` flops)
+   and the column statistics the LAP quality needs.
+3. Write ``b^_j = c_j a^_k + s_j r_j`` with ``k = m(j)``, ``s_j = sqrt(1 - c_j^2)``
+   and ``r_j`` a unit vector orthogonal to ``a^_k``. For any other base
+   column ``i``, ``|cos(b_j, a_i)| <= |c_j| g + s_j sqrt(1 - g^2)`` with
+   ``g = |cos(a_i, a_k)|``, and the right side grows with ``g`` while
+   ``g < |c_j|``. So with ``g_k`` the largest ``|cos|`` between base column
+   ``k`` and any other base column (:class:`ColumnCosines`, a property of the
+   base model alone, computed once per model), ``|c_j| g_k + s_j sqrt(1 - g_k^2)
+   < |c_j|`` proves ``a_k`` the strict row-wise best match of ``b_j``. When
+   that holds for every ``j`` and ``m`` is one-to-one, ``m`` reaches every
+   row's minimum of ``1 - |cos|``: it is the unique LAP optimum, the very
+   assignment the full matrix gives (:func:`certified`).
+
+The proof is required to hold with :data:`MARGIN` to spare, far above the
+float32 rounding of either computation, so the full matrix's rounding cannot
+pick another assignment. Unrelated pairs fail step 1 or 3 and take the full
+path; nothing is ever approximated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.linalg.blas import ssyrk
+
+from awmtrace.core.align import CosineAccumulator
+from awmtrace.errors import NumericalError
+
+__all__ = ["ColumnCosines", "MatchedAccumulator", "candidate", "certified", "may_certify", "MARGIN", "SAMPLE_ROWS"]
+
+#: How far (in cosine) every proven best match must beat the bound on all others.
+MARGIN = 0.01
+#: Evenly spaced shared rows used to propose the candidate assignment.
+SAMPLE_ROWS = 2048
+
+
+class ColumnCosines:
+    """Largest ``|cos|`` of each embedding column with any other column, accumulated over row blocks.
+
+    ``add(rows)``: ``(t, n)`` finite float32 rows. Each block is scaled by an
+    exact power of two into a safe range, its Gram taken by SYRK in float32
+    and added, scaled back, to a float64 sum, so extreme embeddings neither
+    overflow nor lose precision across blocks.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._gram = np.zeros((n, n), dtype=np.float64, order="F")
+        self.n_rows = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.n:
+            raise ValueError(f"expected rows of width {self.n}, got {rows.shape}")
+        peak = float(np.max(np.abs(rows), initial=0.0))
+        if peak == 0.0:
+            self.n_rows += rows.shape[0]
+            return
+        exp = math.frexp(peak)[1]
+        scaled = rows * np.float32(2.0**-exp)
+        # rows' rows = (n, n); the C-ordered (t, n) block read as its Fortran transpose (n, t): no copy.
+        block = ssyrk(1.0, scaled.T, trans=0)
+        self._gram += np.asarray(block, dtype=np.float64) * (4.0**exp)
+        self.n_rows += rows.shape[0]
+
+    def max_other(self) -> np.ndarray:
+        """``(n,)`` float64: for each column, the largest ``|cos|`` with another column (1 where a column is zero)."""
+        upper = np.triu(self._gram)
+        diag = np.diag(upper).copy()
+        full = upper + np.triu(upper, 1).T
+        norms = np.sqrt(np.maximum(diag, 0.0))
+        zero = norms == 0.0
+        norms[zero] = 1.0
+        cos = np.abs(full / norms[:, None] / norms[None, :])
+        np.fill_diagonal(cos, 0.0)
+        out = cos.max(axis=0) if self.n > 1 else np.zeros(self.n)
+        out[zero] = 1.0
+        return np.minimum(out, 1.0)
+
+
+class MatchedAccumulator(CosineAccumulator):
+    """A :class:`CosineAccumulator` that sums only the matched products ``sum_r b[r, j] a[r, index[j]]``.
+
+    Same streaming, scaling and column statistics (``stats()``), ``2 t n_other``
+    flops per block instead of ``2 t n_other n_base``; :meth:`matched` gives the
+    ``(n_other,)`` exact cosines of the candidate.
+    """
+
+    def __init__(self, index: np.ndarray, n_base: int, n_rows_total: int | None = None) -> None:
+        self.index = np.asarray(index, dtype=np.int64)
+        super().__init__(n_base, int(self.index.size), n_rows_total)
+
+    def _new_cross(self) -> np.ndarray:
+        return np.zeros(self.n_other, dtype=np.float64)
+
+    def _add_cross(self, rb: np.ndarray, ro: np.ndarray) -> None:
+        # float32 within a block (at most a few thousand terms), float64 across blocks.
+        self._cross += np.einsum("ij,ij->j", np.take(rb, self.index, axis=1), ro)
+
+    def matched(self) -> np.ndarray:
+        norm_o = np.sqrt(self._other.sq)
+        norm_b = np.sqrt(self._base.sq[self.index])
+        if (norm_o == 0).any() or (norm_b == 0).any():
+            raise NumericalError("a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned")
+        return np.asarray(self._cross / norm_o / norm_b, dtype=np.float64)
+
+
+def candidate(sample_base: np.ndarray, sample_other: np.ndarray) -> np.ndarray | None:
+    """Row-wise best ``|cos|`` over sampled rows: ``(n_other,)`` base index, or ``None`` when not one-to-one.
+
+    ``sample_base``: ``(t, n_base)``, ``sample_other``: ``(t, n_other)`` float32, the same tokens in the same order.
+    """
+    norm_b = np.sqrt(np.einsum("ij,ij->j", sample_base, sample_base, dtype=np.float64))
+    norm_o = np.sqrt(np.einsum("ij,ij->j", sample_other, sample_other, dtype=np.float64))
+    if (norm_b == 0).any() or (norm_o == 0).any():
+        return None
+    cos = np.abs(sample_other.T @ sample_base)  # (n_other, n_base); column norms cancel in the row-wise argmax but for the base's
+    cos /= norm_b.astype(np.float32)[None, :]
+    index = np.argmax(cos, axis=1).astype(np.int64)
+    return index if np.unique(index).size == index.size else None
+
+
+def may_certify(matched: np.ndarray, margin: float = MARGIN) -> bool:
+    """Whether :func:`certified` can succeed for these matched cosines whatever the bound.
+
+    The bound is at least ``sqrt(1 - c^2)`` (at ``g = 0``), so every ``|c|`` must exceed the
+    solution of ``sqrt(1 - c^2) = c - margin``.
+    """
+    c_min = (margin + math.sqrt(2.0 - margin * margin)) / 2.0
+    return bool(matched.size) and float(np.min(np.abs(matched))) > c_min
+
+
+def certified(matched: np.ndarray, index: np.ndarray, max_other: np.ndarray, margin: float = MARGIN) -> bool:
+    """Whether ``index`` is proven the unique LAP optimum (module docstring, step 3).
+
+    ``matched``: ``(n_other,)`` exact cosines of the candidate; ``max_other``: ``(n_base,)``
+    :meth:`ColumnCosines.max_other` of the base over the same rows.
+    """
+    if np.unique(index).size != index.size:
+        return False
+    c = np.abs(matched)
+    g = max_other[index]
+    s = np.sqrt(np.maximum(1.0 - c * c, 0.0))
+    bound = c * g + s * np.sqrt(np.maximum(1.0 - g * g, 0.0))
+    return bool(np.all((g < c) & (bound < c - margin)))

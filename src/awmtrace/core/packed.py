@@ -1,0 +1,221 @@
+"""Gram matrices stored as bfloat16, and the UCKA cross term between two of them under an alignment.
+
+A cached Gram (:mod:`awmtrace.collections`) is the full symmetric ``K~ = X X'``
+with its diagonal zeroed, each entry rounded to the nearest bfloat16 (ties to
+even) and kept as its 16 bits. bfloat16 is the top half of a float32, so
+widening is a shift and no scale is needed (same exponent range as float32);
+the 8 significant bits give each entry a relative error below ``2**-9``,
+which the ``n^2`` independent roundings average down to about ``2**-9 / n``
+of the UCKA's cross term. Every statistic of a stored Gram (row sums, total,
+sum of squares) is taken from the rounded values, so a Gram compared with
+itself gives exactly 1 and the U-centring cancels as it does in float32.
+
+Packing: BLAS SYRK leaves the upper triangle of ``X X'`` in a Fortran-ordered
+buffer, which read as C order is the lower triangle, row by row. Rows are
+rounded a block at a time while in cache, written in place, and mirrored into
+the upper triangle by a transposed copy of the 16-bit values.
+
+Cross term: ``tr(K~_b[idx][:, idx] D L~ D) = sum_{i != j} K~_b[idx_i, idx_j] s_i s_j L~_ij``
+for the base Gram ``K~_b`` gathered by the alignment index and the other
+model's Gram ``L~`` signed by ``D = diag(s)``. Both are symmetric with zero
+diagonals, so the sum is twice its strict lower triangle: each block of rows
+gathers, flips signs (an XOR of the sign bit, ``s_i s_j < 0`` exactly when
+one of the two bits is set), widens and multiplies only the columns left of
+the block, about half the matrix.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CrossTerms", "PackedStats", "gathered_cross", "pack_gram", "round_bf16", "sign_bits", "widen_bf16"]
+
+#: Rows of a Gram handled at a time: 64 rows of a 4096-wide float32 matrix are 1 MiB, so the several passes
+#: over a block (round, mirror, widen, reduce) run in cache.
+BLOCK_ROWS = 32
+_LITTLE = sys.byteorder == "little"
+
+
+@dataclass(frozen=True)
+class PackedStats:
+    """Row sums ``(n,)`` float64, total and sum of squares of a packed Gram (its rounded values, zero diagonal)."""
+
+    rows: np.ndarray
+    total: float
+    sumsq: float
+
+
+def round_bf16(x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Round float32 ``x`` to bfloat16 bits (nearest, ties to even) into uint16 ``out`` of the same shape.
+
+    ``tmp``: uint32 scratch of the same shape. Finite inputs only (NaN would
+    not stay NaN): callers check finiteness first.
+    """
+    u = x.view(np.uint32)
+    np.right_shift(u, 16, out=tmp)
+    np.bitwise_and(tmp, 1, out=tmp)
+    np.add(tmp, 0x7FFF, out=tmp)
+    np.add(tmp, u, out=tmp)
+    np.right_shift(tmp, 16, out=tmp)
+    np.copyto(out, tmp, casting="unsafe")
+    return out
+
+
+def widen_bf16(bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32 ``out`` of the same shape (exact)."""
+    u = out.view(np.uint32)
+    np.copyto(u, bits)
+    np.left_shift(u, 16, out=u)
+    return out
+
+
+def sign_bits(signs: np.ndarray) -> np.ndarray:
+    """``(n,)`` uint16: ``0x8000`` where ``signs < 0``, else 0 (XOR flips a bfloat16's sign)."""
+    return np.where(np.asarray(signs) < 0, 0x8000, 0).astype(np.uint16)
+
+
+def pack_gram(upper: np.ndarray, out: np.ndarray, block: int = BLOCK_ROWS) -> PackedStats:
+    """Pack SYRK's result into the full symmetric zero-diagonal bfloat16 Gram ``out`` ``(n, n)`` uint16.
+
+    ``upper``: ``(n, n)`` float32, Fortran-ordered, holding ``X X'`` in its
+    upper triangle (what lies below the diagonal is not read). Returns the
+    statistics of the rounded matrix. Rounding here is to nearest with ties
+    away from zero (adding half a unit to the bit pattern): a tie needs the
+    16 low bits to be exactly ``0x8000``, and the rounded values are what every
+    statistic is taken from, so the choice costs nothing in consistency.
+    """
+    n = upper.shape[0]
+    if upper.shape != (n, n) or out.shape != (n, n) or not upper.flags.f_contiguous:
+        raise ValueError(f"expected a Fortran-ordered (n, n) Gram and an (n, n) output, got {upper.shape} and {out.shape}")
+    lower = upper.T.view(np.uint32)  # C-ordered: row r holds X X' [r, :r + 1]
+    scratch = np.empty(block * n, dtype=np.uint32)
+    rows = np.zeros(n, dtype=np.float64)
+    sumsq = 0.0
+    top = 1 if _LITTLE else 0  # which uint16 of a uint32 holds its high half
+    above = np.triu_indices(block)
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        m = r1 - r0
+        t = scratch[: m * r1].reshape(m, r1)
+        np.add(lower[r0:r1, :r1], 0x8000, out=t)
+        np.bitwise_and(t, 0xFFFF0000, out=t)
+        # In the diagonal block only SYRK's strict lower part is kept: the diagonal is zeroed and the
+        # upper part (whatever the buffer held there) replaced by the mirror below.
+        t[:, r0:r1][above if m == block else np.triu_indices(m)] = 0
+        np.copyto(out[r0:r1, :r1], t.view(np.uint16)[:, top::2])
+        np.copyto(out[:r0, r0:r1], out[r0:r1, :r0].T)
+        square = out[r0:r1, r0:r1]
+        np.bitwise_or(square, square.T.copy(), out=square)
+        # K~ = Lo + Lo' for its strict lower part Lo: rows of K~ are the rows plus the columns of Lo.
+        w = t.view(np.float32)
+        rows[r0:r1] += w.sum(axis=1, dtype=np.float64)
+        rows[:r1] += w.sum(axis=0, dtype=np.float64)
+        sumsq += 2.0 * _dot64(w, w)
+    return PackedStats(rows=rows, total=float(rows.sum()), sumsq=sumsq)
+
+
+def _dot64(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum(a * b)`` of two same-shape float32 blocks: float32 within a row, float64 across rows."""
+    return float(np.einsum("ij,ij->i", a, b).sum(dtype=np.float64))
+
+
+def _add_block_stats(kb: np.ndarray, r0: int, rows: np.ndarray, signs: np.ndarray | None) -> float:
+    """Add a gathered block's part of the row sums to ``rows``; returns its part of the sum of squares.
+
+    ``kb``: rows ``r0:r0 + m`` of the gathered base, columns ``:r0 + m``, signed by ``signs`` when given (undone here, in place).
+    """
+    r1 = r0 + kb.shape[0]
+    if signs is not None:
+        kb *= signs[r0:r1, None]
+        kb *= signs[None, :r1]
+    rows[r0:r1] += kb.sum(axis=1, dtype=np.float64)
+    rows[:r0] += kb[:, :r0].sum(axis=0, dtype=np.float64)
+    return 2.0 * _dot64(kb[:, :r0], kb[:, :r0]) + _dot64(kb[:, r0:], kb[:, r0:])
+
+
+@dataclass(frozen=True)
+class CrossTerms:
+    """What :func:`gathered_cross` returns.
+
+    ``trace``: ``tr(K~_g D L~ D)`` with ``K~_g`` the gathered base; ``base``:
+    the statistics of ``K~_g`` when they were asked for (a rectangular
+    gather changes them), else ``None``; ``other_rows``: ``D L~ D 1``
+    ``(n_other,)`` float64 when signs were given, else ``None``.
+    """
+
+    trace: float
+    base: PackedStats | None
+    other_rows: np.ndarray | None
+
+
+def _gather(
+    base: np.ndarray, index: np.ndarray | None, bits: np.ndarray | None, r0: int, r1: int, full_rows: np.ndarray, gathered: np.ndarray
+) -> np.ndarray:
+    """Rows ``r0:r1``, columns ``:r1`` of the base gathered by ``index`` with the sign bits ``bits`` applied: ``(r1 - r0, r1)`` uint16."""
+    m = r1 - r0
+    g = gathered[: m * r1].reshape(m, r1)
+    if index is None:
+        np.copyto(g, base[r0:r1, :r1])
+    else:
+        np.take(np.take(base, index[r0:r1], axis=0, out=full_rows[:m]), index[:r1], axis=1, out=g)
+    if bits is not None:
+        # s_i s_j < 0 exactly when one of the two sign bits is set: two XORs flip the stored sign.
+        np.bitwise_xor(g, bits[None, :r1], out=g)
+        np.bitwise_xor(g, bits[r0:r1, None], out=g)
+    return g
+
+
+def gathered_cross(
+    base: np.ndarray,
+    other: np.ndarray,
+    index: np.ndarray | None = None,
+    signs: np.ndarray | None = None,
+    *,
+    base_stats: bool = False,
+    block: int = BLOCK_ROWS,
+) -> CrossTerms:
+    """The cross term of UCKA between packed Grams under an index-and-sign alignment.
+
+    ``base``: ``(n_b, n_b)`` uint16 packed Gram of the base (wider) model, memory-mapped or not;
+    ``other``: ``(n_o, n_o)`` uint16 packed Gram of the other model; ``index``: ``(n_o,)`` base
+    dimension of each of the other's (``None``: identity, ``n_b == n_o``); ``signs``: ``(n_o,)``
+    +-1 applied to the other (``None``: all +1). ``base_stats``: also return the statistics of
+    the gathered base (needed when ``index`` is not a permutation).
+    """
+    n_o = other.shape[0]
+    if index is None and base.shape[0] != n_o:
+        raise ValueError(f"an identity alignment needs Grams of one size, got {base.shape[0]} and {n_o}")
+    if index is not None and index.shape != (n_o,):
+        raise ValueError(f"index must have one entry per dimension of the other model ({n_o}), got {index.shape}")
+    full_rows = np.empty((block, base.shape[0]), dtype=np.uint16)
+    gathered = np.empty(block * n_o, dtype=np.uint16)
+    wide_b = np.empty(block * n_o, dtype=np.float32)
+    wide_o = np.empty(block * n_o, dtype=np.float32)
+    bits = None if signs is None else sign_bits(signs)
+    s32 = None if signs is None else np.asarray(signs, dtype=np.float32)
+    other_rows = None if s32 is None else np.zeros(n_o, dtype=np.float64)
+    rows = np.zeros(n_o, dtype=np.float64) if base_stats else None
+    trace = sumsq = 0.0
+    for r0 in range(0, n_o, block):
+        r1 = min(n_o, r0 + block)
+        m = r1 - r0
+        g = base[r0:r1, :r1] if index is None and bits is None else _gather(base, index, bits, r0, r1, full_rows, gathered)
+        kb = widen_bf16(g, wide_b[: m * r1].reshape(m, r1))
+        lo = widen_bf16(other[r0:r1, :r1], wide_o[: m * r1].reshape(m, r1))
+        # The strict lower part (columns left of the block) counts twice, the diagonal block (both triangles) once.
+        trace += 2.0 * _dot64(kb[:, :r0], lo[:, :r0]) + _dot64(kb[:, r0:], lo[:, r0:])
+        if rows is not None:
+            sumsq += _add_block_stats(kb, r0, rows, s32)
+        if other_rows is not None and s32 is not None:
+            # (D L~ D 1)_i = s_i (L~ s)_i, with L~ s from the block's rows and, by symmetry, its columns
+            # (einsum: lo[:, :r0] is a strided view, which BLAS would copy first).
+            other_rows[r0:r1] += np.einsum("ij,j->i", lo, s32[:r1])
+            if r0:
+                other_rows[:r0] += np.einsum("ij,i->j", lo[:, :r0], s32[r0:r1])
+    if other_rows is not None and s32 is not None:
+        other_rows *= s32
+    stats = PackedStats(rows=rows, total=float(rows.sum()), sumsq=sumsq) if rows is not None else None
+    return CrossTerms(trace=trace, base=stats, other_rows=other_rows)
