@@ -53,7 +53,6 @@ import numpy as np
 from awmtrace._version import __version__
 from awmtrace.arch import resolve as arch_resolve
 from awmtrace.errors import AwmError
-from awmtrace.io.base import TensorSource
 from awmtrace.io.fingerprint import content_fingerprint
 from awmtrace.io.vocab import Vocab
 from awmtrace.pipeline import tensors_read
@@ -64,7 +63,6 @@ __all__ = [
     "CacheCorrupt",
     "CacheEntry",
     "ModelCache",
-    "canonical_qk",
     "default_cache_dir",
     "extraction_options",
     "entry_key",
@@ -109,29 +107,10 @@ def extraction_options() -> dict[str, Any]:
     """Options that change what an entry holds (part of its key).
 
     ``canonical`` names the Q/K form: ``"W diag(gamma)"`` once norm gains are
-    folded (:func:`canonical_qk`), ``"W"`` before that code exists.
+    folded (as :class:`awmtrace.extract.AlignedReader` reads them), ``"W"`` before that code exists.
     """
     folds = hasattr(arch_resolve, "read_norm")
     return {"gram_dtype": "bfloat16", "canonical": "W diag(gamma)" if folds else "W", "weights": ["q", "k"]}
-
-
-def canonical_qk(source: TensorSource, view: ModelView, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q and K of layer ``index`` in canonical form, float32 ``(d_out, hidden)`` each.
-
-    The one place that reads a layer for the cache: ``read_attention``, then
-    the norm gain feeding attention folded in (``W @ diag(gamma)``) when the
-    view names it and the architecture code can read it.
-    """
-    layer = view.layers[index]
-    q, k = arch_resolve.read_attention(source, view, layer)
-    norm_ref = getattr(layer, "attn_norm", None)
-    read_norm = getattr(arch_resolve, "read_norm", None)
-    if norm_ref is not None and read_norm is not None:
-        gamma = read_norm(source, view, norm_ref)
-        q = q * gamma[None, :]
-        k = k * gamma[None, :]
-    source.release()
-    return q, k
 
 
 def entry_key(fingerprint: str, options: dict[str, Any]) -> str:
@@ -171,6 +150,7 @@ class CacheEntry:
     path: Path
     manifest: dict[str, Any]
     _arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    _parsed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -211,10 +191,12 @@ class CacheEntry:
         )
 
     def vocab(self) -> Vocab | None:
+        """The cached vocabulary (parsed once per entry object)."""
         if not self.manifest["vocab"]["present"]:
             return None
-        data = json.loads((self.path / "vocab.json").read_text(encoding="utf-8"))
-        return _vocab_from_json(data)
+        if "vocab" not in self._parsed:
+            self._parsed["vocab"] = _vocab_from_json(json.loads((self.path / "vocab.json").read_text(encoding="utf-8")))
+        return self._parsed["vocab"]
 
     def _array(self, name: str) -> np.ndarray:
         arr = self._arrays.get(name)
@@ -263,6 +245,16 @@ class CacheEntry:
     def close(self) -> None:
         self.release()
         self._arrays.clear()
+
+    def unchanged(self) -> bool:
+        """Whether every file still has the size and modification time its manifest records (a few ``stat`` calls)."""
+        try:
+            return all(
+                (st := (self.path / name).stat()).st_size == info["bytes"] and st.st_mtime_ns == info.get("mtime_ns")
+                for name, info in self.manifest["files"].items()
+            )
+        except OSError:
+            return False
 
     def touch(self) -> None:
         try:

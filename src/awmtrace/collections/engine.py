@@ -10,6 +10,7 @@ the calling process, which alone writes the results store.
 from __future__ import annotations
 
 import multiprocessing
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -41,26 +42,55 @@ def extract_task(spec: str, cache_root: str, limit_bytes: int) -> dict[str, Any]
         return _failure(exc)
 
 
+#: Cache entries this process has opened and checked, by (cache folder, key): a worker scoring many pairs
+#: checks and parses each entry once, not once per pair. Bounded; entries hold only memory maps.
+_OPEN: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_OPEN_MAX = 16
+
+
+def _entry(cache: Any, key: str) -> Any:
+    """The checked :class:`CacheEntry` ``key`` of ``cache``, reused within this process while its folder is unchanged."""
+    memo = (str(cache.root), key)
+    entry = _OPEN.get(memo)
+    if entry is not None and entry.unchanged():
+        _OPEN.move_to_end(memo)
+        return entry
+    _forget(cache, key)
+    entry = cache.open(key)
+    if entry is not None:
+        _OPEN[memo] = entry
+        while len(_OPEN) > _OPEN_MAX:
+            _OPEN.popitem(last=False)[1].close()
+    return entry
+
+
+def _forget(cache: Any, key: str) -> None:
+    old = _OPEN.pop((str(cache.root), key), None)
+    if old is not None:
+        old.close()
+
+
 def pair_task(key_a: str, key_b: str, spec_a: str, spec_b: str, cache_root: str, options: dict[str, Any]) -> dict[str, Any]:
     """Score one pair from two cache entries; returns ``PairResult.to_dict()`` or ``{"error": ...}``."""
     from awmtrace.collections.cache import CacheCorrupt, ModelCache
     from awmtrace.collections.pairs import score_pair
 
     cache = ModelCache(cache_root)
-    ea, eb = cache.open(key_a), cache.open(key_b)
+    ea, eb = _entry(cache, key_a), _entry(cache, key_b)
     if ea is None or eb is None:
         return {"error": "a cache entry is missing or failed its checks", "error_class": "CacheCorrupt", "stale": True}
     try:
         return score_pair(ea, eb, spec_a=spec_a, spec_b=spec_b, **options).to_dict()
     except CacheCorrupt as exc:
         for e in (ea, eb):
+            _forget(cache, e.key)
             cache.discard(e.path, str(exc))
         return {**_failure(exc), "stale": True, "notes": cache.notes}
     except (AwmError, OSError, ValueError, MemoryError) as exc:
         return _failure(exc)
     finally:
-        ea.close()
-        eb.close()
+        ea.release()
+        eb.release()
 
 
 Job = tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]

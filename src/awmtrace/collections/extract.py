@@ -137,8 +137,9 @@ def _packed_samples(x: np.ndarray, out: np.ndarray, stats: np.ndarray) -> None:
     """
     round_bf16(x, out, np.empty(x.shape, dtype=np.uint32))
     wide = widen_bf16(out, np.empty(x.shape, dtype=np.float32))
-    xtx = wide.T @ wide
-    stats[0] = float(np.einsum("ij,ij->i", xtx, xtx).sum(dtype=np.float64))
+    upper = cka._syrk_upper(wide, trans=1)  # (p, p) upper triangle of X'X (scipy's BLAS, as the Grams)
+    diag = np.einsum("ii->i", upper).astype(np.float64)
+    stats[0] = 2.0 * float(np.einsum("ij,ij->i", upper, upper).sum(dtype=np.float64)) - float(diag @ diag)
 
 
 def _roles(first: tuple[np.ndarray, np.ndarray], n: int, n_layers: int, force_gram: bool) -> list[dict[str, Any]]:

@@ -235,14 +235,20 @@ def _layer_scores(ea: CacheEntry, eb: CacheEntry, al: Alignment, threads: int) -
     lbase, lother = base.entry.n_layers, other.entry.n_layers
     out = np.full((2, lbase, lother), np.nan)
     tasks = [(i, j, role) for i in range(lbase) for j in ([i] if la == lb else range(lother)) for role in (0, 1)]
+    # Packed Gram pairs are plain array passes that release the GIL: they run on threads. Anything that
+    # calls BLAS (feature-form roles, Grams packed from samples, rotations) runs here, one at a time, with
+    # BLAS's own threads: several threads calling BLAS at once make its thread pools fight.
+    pooled = [t for t in tasks if base.rotation is None and base.entry.form(t[2]) == other.entry.form(t[2]) == "gram"]
+    for i, j, role in (t for t in tasks if t not in set(pooled)):
+        out[role, i, j] = _ucka(base, other, i, j, role)
 
     def run(task: tuple[int, int, int]) -> float:
         return _ucka(base, other, *task)
 
     chunk = 4 * max(1, threads)
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for start in range(0, len(tasks), chunk):
-            part = tasks[start : start + chunk]
+        for start in range(0, len(pooled), chunk):
+            part = pooled[start : start + chunk]
             for (i, j, role), value in zip(part, pool.map(run, part), strict=True):
                 out[role, i, j] = value
             # Mapped pages count in this process's memory: drop those read so far (the page cache keeps them).
