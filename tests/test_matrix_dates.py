@@ -149,3 +149,19 @@ def test_the_fetcher_records_the_commit_date_and_distrusts_odd_ones(
     assert json.loads((path / hub.MANIFEST_NAME).read_text())["commit_date"] == recorded
     assert hub.snapshot_commit_date(path) == recorded
     assert hub.snapshot_commit_date(family["base"]) is None  # a local folder
+
+
+def test_a_snapshot_fetched_before_dates_were_recorded_gets_its_date_on_the_next_online_fetch(
+    server: HubServer, family: dict[str, Path]
+) -> None:
+    server.add_folder("org/base", family["base"], last_modified=JAN)
+    path = hub.fetch("org/base", select=hub_tensors).path
+    assert path is not None
+    manifest = path / hub.MANIFEST_NAME
+    old = json.loads(manifest.read_text())
+    del old["commit_date"]
+    manifest.write_text(json.dumps(old))
+    assert hub.snapshot_commit_date(path) is None
+    again = hub.fetch("org/base", select=hub_tensors)
+    assert again.source == "awmtrace-cache" and again.path == path
+    assert hub.snapshot_commit_date(path) == "2024-01-03T12:00:00Z"
