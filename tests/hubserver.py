@@ -104,6 +104,7 @@ class Repo:
     gated: bool = False
     tokens: set[str] = field(default_factory=set)
     info_body: bytes | None = None  # served instead of the repo info built from ``files`` (a hostile or broken Hub)
+    last_modified: Any = "2024-01-01T00:00:00.000Z"  # the commit's date, as the Hub's ``lastModified`` (any JSON value)
 
 
 @dataclass
@@ -149,13 +150,14 @@ class HubServer:
         gated: bool = False,
         tokens: tuple[str, ...] = (),
         branches: dict[str, str] | None = None,
+        last_modified: Any = "2024-01-01T00:00:00.000Z",
     ) -> Repo:
-        """Serve ``files`` (name -> bytes or :class:`RepoFile`) as ``repo_id`` at a fresh commit."""
+        """Serve ``files`` (name -> bytes or :class:`RepoFile`) as ``repo_id`` at a fresh commit made at ``last_modified``."""
         commit = hashlib.sha1(f"{repo_id}:{len(self.repos)}:{sorted(files)}".encode()).hexdigest()
         built = {
             name: (f if isinstance(f, RepoFile) else RepoFile.from_bytes(f, lfs=name.endswith(LFS_SUFFIXES))) for name, f in files.items()
         }
-        repo = Repo(repo_id, commit, built, {"main": commit, **(branches or {})}, gated, set(tokens))
+        repo = Repo(repo_id, commit, built, {"main": commit, **(branches or {})}, gated, set(tokens), last_modified=last_modified)
         self.repos[repo_id] = repo
         return repo
 
@@ -326,8 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
             "downloads": 0,
             "likes": 0,
             "tags": [],
-            "lastModified": "2024-01-01T00:00:00.000Z",
-            "createdAt": "2024-01-01T00:00:00.000Z",
+            "lastModified": repo.last_modified,
+            "createdAt": "2023-06-01T00:00:00.000Z",  # the repo's creation, never the commit's date
             "siblings": siblings,
         }
         self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), head)

@@ -39,7 +39,8 @@ class MatrixResult:
 
     ``models[i]``: ``input`` (as given), ``fingerprint``, ``key`` (cache
     entry), ``error`` (when it failed to open), ``duplicate_of`` (index of
-    the first input with the same content) and its shape.
+    the first input with the same content), its shape, and ``uploaded`` (the
+    Hub commit date of its snapshot, UTC ISO 8601; ``None`` when not from the Hub).
     """
 
     models: list[dict[str, Any]]
@@ -95,7 +96,7 @@ def _orient(result: dict[str, Any], swap: bool) -> dict[str, Any]:
     return r
 
 
-def _model_info(i: int, spec: str, entry: CacheEntry) -> dict[str, Any]:
+def _model_info(i: int, spec: str, entry: CacheEntry, uploaded: str | None) -> dict[str, Any]:
     m, v = entry.manifest, entry.manifest["view"]
     return {
         "index": i,
@@ -110,6 +111,7 @@ def _model_info(i: int, spec: str, entry: CacheEntry) -> dict[str, Any]:
         "weight_dtypes": m["weight_dtypes"],
         "quantised": m["quantised"],
         "card_base_model": m.get("card", {}).get("base_model", []),
+        "uploaded": uploaded,
         "error": None,
         "duplicate_of": None,
     }
@@ -247,7 +249,7 @@ def _run(  # noqa: PLR0913 - the run's parts, passed once from matrix()
             info.append({"index": i, "input": spec, "fingerprint": None, "key": None, "error": why, "duplicate_of": None})
             notes.append(f"model {i} ({spec}) failed: {why}; its pairs are marked")
             continue
-        info.append(_model_info(i, spec, entry))
+        info.append(_model_info(i, spec, entry, ex.get("uploaded")))
         if entry.fingerprint in first_of:
             info[i]["duplicate_of"] = first_of[entry.fingerprint]
             notes.append(f"model {i} ({spec}) has the same content as model {first_of[entry.fingerprint]}: scored once")

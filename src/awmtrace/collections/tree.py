@@ -14,7 +14,12 @@ Direction rules (each names itself on the edge it decides):
   than the shared rows, or all near the mean row) make the larger model an
   extended child; rows like the shared ones make the smaller model a pruned
   child (a pruning keeps rows as copies);
-* model card: a ``base_model`` in one model's card naming the other.
+* model card: a ``base_model`` in one model's card naming the other;
+* upload dates (weakest): for Hub models, the one whose snapshot's commit was
+  made earlier is the parent, when the two dates are more than a day apart
+  (same-day re-uploads say nothing about order). Dates direct an edge only
+  when no rule above speaks; when one does, they are named on the edge as
+  agreeing or as overruled, and never settle a conflict between the others.
 
 Evidence that disagrees leaves the edge undirected and says so, as does the
 absence of any. Undirected edges enter the arborescence both ways; its
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import networkx as nx  # type: ignore[import-untyped]
@@ -34,8 +40,8 @@ __all__ = ["Direction", "direction", "lineage_tree", "vocab_direction", "TREE_RU
 
 TREE_RULE = (
     "maximum spanning arborescence (networkx) over pair scores within each family; an edge is directed only when "
-    "evidence says which model came first (quantisation, width, depth matching, vocabulary, model card), otherwise it is "
-    "marked undirected and its orientation is not a claim"
+    "evidence says which model came first (quantisation, width, depth matching, vocabulary, model card; else Hub upload dates "
+    "more than a day apart, the earlier the parent), otherwise it is marked undirected and its orientation is not a claim"
 )
 #: UCKA above which a layer of one model counts as matching a layer of the other.
 LAYER_MATCH = 0.5
@@ -43,6 +49,11 @@ LAYER_MATCH = 0.5
 #: or their cosine to the mean row exceeds FRESH_COS.
 FRESH_NORM_RATIO = 2.0
 FRESH_COS = 0.9
+#: Upload dates closer than this give no order (a model and its re-upload or sibling on the same day).
+DATE_MIN_GAP = timedelta(days=1)
+NO_EVIDENCE = (
+    "no evidence of direction (same storage type, width, depth and vocabulary; no model card; no upload dates more than a day apart)"
+)
 
 
 @dataclass
@@ -121,6 +132,28 @@ def _card_vote(i: int, j: int, info: Sequence[dict[str, Any]]) -> Vote | None:
     return None
 
 
+def _uploaded(m: dict[str, Any]) -> datetime | None:
+    value = m.get("uploaded")
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
+def _date_vote(i: int, j: int, info: Sequence[dict[str, Any]]) -> Vote | None:
+    """The earlier upload is the parent, when both models have Hub upload dates more than :data:`DATE_MIN_GAP` apart.
+
+    The text has no prefix: :func:`direction` says whether the dates decided, agreed or were overruled.
+    """
+    ti, tj = _uploaded(info[i]), _uploaded(info[j])
+    if ti is None or tj is None or abs(ti - tj) <= DATE_MIN_GAP:
+        return None
+    p, c = (i, j) if ti < tj else (j, i)
+    day = {p: min(ti, tj).date().isoformat(), c: max(ti, tj).date().isoformat()}
+    return p, c, f"model {p} ({info[p]['input']}) {day[p]} before model {c} ({info[c]['input']}) {day[c]}"
+
+
 def vocab_direction(i: int, j: int, keys_i: set[Any], keys_j: set[Any], embed_i: Callable[[], tuple[np.ndarray, dict[Any, int]]],
                     embed_j: Callable[[], tuple[np.ndarray, dict[Any, int]]]) -> Vote | None:  # fmt: skip
     """Direction from nested vocabularies; ``embed_*()`` return the model's embedding ``(V, n)`` float32 and key -> row id."""
@@ -161,13 +194,20 @@ def direction(i: int, j: int, info: Sequence[dict[str, Any]], result: dict[str, 
     """Combine every rule's vote for pair ``(i, j)`` (``result``: the pair's result dict with a = ``i``, b = ``j``)."""
     votes = [v for v in (_quant_vote(i, j, info), _width_vote(i, j, info), _depth_vote(i, j, info, result), vocab_vote,
                          _card_vote(i, j, info)) if v is not None]  # fmt: skip
+    dated = _date_vote(i, j, info)  # the weakest rule: it decides only when no other speaks
     if not votes:
-        return Direction(None, None, ["no evidence of direction (same storage type, width, depth and vocabulary; no model card)"])
+        if dated is not None:
+            return Direction(dated[0], dated[1], [f"upload dates: {dated[2]}"])
+        return Direction(None, None, [NO_EVIDENCE])
     ways = {(p, c) for p, c, _ in votes}
     texts = [why for _, _, why in votes]
     if len(ways) > 1:
-        return Direction(None, None, ["conflicting evidence, left undirected: " + "; ".join(texts)])
+        weak = [f"upload dates (weaker, not used to settle it): {dated[2]}"] if dated is not None else []
+        return Direction(None, None, ["conflicting evidence, left undirected: " + "; ".join(texts), *weak])
     p, c = ways.pop()
+    if dated is not None:
+        agrees = (dated[0], dated[1]) == (p, c)
+        texts.append(f"upload dates: {dated[2]}" if agrees else f"upload dates disagree (weaker evidence, overruled): {dated[2]}")
     return Direction(p, c, texts)
 
 

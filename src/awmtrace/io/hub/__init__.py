@@ -20,7 +20,7 @@ The package follows the seams of the job:
 * :mod:`~awmtrace.io.hub.fetcher`: :func:`fetch` and :func:`ensure_local`.
 """
 
-from awmtrace.io.hub.cache import MANIFEST_NAME, snapshot_identity
+from awmtrace.io.hub.cache import MANIFEST_NAME, snapshot_commit_date, snapshot_identity
 from awmtrace.io.hub.fetcher import FetchResult, ensure_local, fetch
 from awmtrace.io.hub.http import Progress
 from awmtrace.io.hub.plan import HeaderSource, Selector
@@ -39,5 +39,6 @@ __all__ = [
     "ensure_local",
     "cache_root",
     "snapshot_identity",
+    "snapshot_commit_date",
     "is_offline",
 ]

@@ -8,8 +8,10 @@
 the FFN inputs are kept too, ``+all`` for every tensor, and ``+<file>`` for
 one GGUF file of the repo (found again by its file name or quant tag). A snapshot directory exists only once every file
 in it is complete and checked; its manifest (``awm-fetch.json``) records
-each file's size and sha256. A full snapshot already in the Hugging Face
-cache (``huggingface-cli download``) is used as it is.
+each file's size and sha256, and ``commit_date``: when the commit was made on
+the Hub (its ``lastModified`` for that revision), the model's upload date. A
+full snapshot already in the Hugging Face cache (``huggingface-cli download``)
+is used as it is.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = [
     "write_ref",
     "hf_cache_snapshot",
     "snapshot_identity",
+    "snapshot_commit_date",
+    "iso_date",
     "atomic_write_text",
     "sha256_file",
     "git_blob_sha1",
@@ -199,6 +203,33 @@ def snapshot_identity(path: Path) -> str | None:
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--") and COMMIT_RE.match(parts[-1]):
         return f"hf:{parts[-3][len('models--') :].replace('--', '/')}@{parts[-1]}"
     return None
+
+
+def iso_date(value: Any) -> str | None:
+    """``value`` (an ISO 8601 time, as the Hub's ``2024-01-03T12:00:00.000Z``) as UTC ``YYYY-MM-DDTHH:MM:SSZ``, else ``None``.
+
+    The Hub's answer is not trusted: anything else (a number, a bad string) gives ``None``, never an error.
+    """
+    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def snapshot_commit_date(path: Path) -> str | None:
+    """When the commit of the lean snapshot holding ``path`` (its folder, or a GGUF file in it) was made on the Hub.
+
+    Read from the snapshot's manifest, as the fetcher recorded it; no network.
+    ``None`` for anything else: a local model, a snapshot of the Hugging Face
+    cache, or one fetched before dates were recorded.
+    """
+    path = Path(path)
+    data = read_manifest(path if path.is_dir() else path.parent)
+    return iso_date(data.get("commit_date")) if data is not None else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

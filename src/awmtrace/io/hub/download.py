@@ -250,6 +250,7 @@ def _manifest(hub: HubSession, commit: str, ffn: bool, plan: FetchPlan, records:
         "revision": hub.ref.revision,
         "file": plan.gguf_file,
         "commit": commit,
+        "commit_date": hub.commit_date,
         "endpoint": hub.endpoint,
         "ffn": ffn,
         "created_at": now(),

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from awmtrace.errors import HubError
-from awmtrace.io.hub.cache import find_snapshot, hf_cache_snapshot, read_ref, repo_dir, variant, write_ref
+from awmtrace.io.hub.cache import MANIFEST_NAME, atomic_write_text, find_snapshot, hf_cache_snapshot, read_ref, repo_dir, variant, write_ref
 from awmtrace.io.hub.download import publish
 from awmtrace.io.hub.http import HubSession, Progress, Unreachable
 from awmtrace.io.hub.plan import FetchPlan, Selector, plan_fetch
 from awmtrace.io.hub.repo import COMMIT_RE, RepoRef, cache_root, hf_hub_cache, is_offline, parse_repo_id
 
 __all__ = ["FetchResult", "fetch", "ensure_local"]
+
+log = logging.getLogger("awmtrace.hub")
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,16 @@ def _from_cache(ref: RepoRef, kind: str, verify: bool, why: str) -> FetchResult:
     )
 
 
+def _record_date(folder: Path, data: dict[str, Any], date: str | None) -> None:
+    """Add the commit date to the manifest of a snapshot fetched before dates were recorded (best effort: a read-only cache keeps none)."""
+    if date is None or data.get("commit_date") is not None:
+        return
+    try:
+        atomic_write_text(folder / MANIFEST_NAME, json.dumps({**data, "commit_date": date}, indent=1))
+    except OSError as exc:
+        log.warning("%s: cannot record the commit date (%s)", folder, exc)
+
+
 def _dry_run(hub: HubSession, commit: str, plan: FetchPlan, ffn: bool) -> FetchResult:
     ref = hub.ref
     files = tuple({"name": p.name, "kind": p.kind, "size": p.total} for p in plan.files)
@@ -168,6 +182,7 @@ def fetch(
         hit = find_snapshot(root, ref, commit, kind, verify)
         if hit is not None:
             write_ref(repo_dir(root, ref), rev, commit)
+            _record_date(hit[0], hit[1], hub.commit_date)
             return _cached_result(ref, hit[0], hit[1], "awmtrace-cache")
         hf_snap = hf_cache_snapshot(ref, commit)
         if hf_snap is not None:

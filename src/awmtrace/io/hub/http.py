@@ -19,6 +19,7 @@ from typing import Any
 from awmtrace._version import __version__
 from awmtrace.errors import AwmError, FormatError, HubError, first_line
 from awmtrace.io.base import parse_json_object, plain_relative_name
+from awmtrace.io.hub.cache import iso_date
 from awmtrace.io.hub.repo import COMMIT_RE, RepoRef, endpoint
 
 __all__ = ["HubSession", "RemoteFile", "Unreachable", "Progress", "TIMEOUT_S", "MAX_RETRIES", "RETRY_WAIT_S"]
@@ -65,6 +66,8 @@ class HubSession:
         self.stage = f"fetching {ref.repo_id}"
         self.planned = 0
         self.done = 0
+        #: When the revision's commit was made (UTC ISO 8601), from the last :meth:`model_info`; ``None`` if the Hub did not say.
+        self.commit_date: str | None = None
 
     def error(self, exc: BaseException, what: str) -> AwmError:
         """One line for a failed Hub call; ``what`` names the file or request."""
@@ -111,7 +114,7 @@ class HubSession:
         return HubError(f"{repo}: {what} failed ({type(exc).__name__}: {first_line(exc)})")
 
     def model_info(self) -> tuple[str, dict[str, RemoteFile]]:
-        """The commit the revision points at, and the repo's files.
+        """The commit the revision points at, and the repo's files; sets :attr:`commit_date`.
 
         The same request ``HfApi.model_info(files_metadata=True)`` makes, but the
         answer is parsed by the local JSON reader (finite numbers, bounded depth)
@@ -142,6 +145,8 @@ class HubSession:
         if not isinstance(siblings, list):
             raise HubError(f"{self.ref.repo_id}: unreadable repo info from {self.endpoint} ('siblings' is not a list)")
         files = [self._remote_file(entry) for entry in siblings]
+        # For a revision the Hub's lastModified is that commit's date (createdAt is the repo's creation).
+        self.commit_date = iso_date(info.get("lastModified"))
         return commit, {f.name: f for f in files}
 
     def _remote_file(self, entry: Any) -> RemoteFile:
