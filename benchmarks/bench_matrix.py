@@ -5,7 +5,9 @@ Parts (``--parts``), each measured in this invocation:
 * ``compare``: every pair as its own ``awm compare A B --json -q --device cpu`` process
   (checkpoints evicted from the page cache first);
 * ``matrix``: one ``awm matrix ... --json -q`` process with an empty cache (checkpoints
-  evicted first): wall time and peak RSS (``wait4``), scores against ``compare``'s;
+  evicted first), with the CLI's default worker processes (one per CPU): wall time and peak RSS
+  (``wait4``: the largest of the process and its workers), scores against ``compare``'s;
+* ``matrix-w1``: the same with ``--workers 1`` (everything in one process);
 * ``warm``: ``awm matrix`` again with the cache warm and a new store (pairs only);
 * ``ray``: the Python API with the cache warm, local engine with 2 workers vs Ray on a
   local 2-CPU cluster: wall times and identical scores;
@@ -86,14 +88,14 @@ def part_compare(awm: str, models: list[Path]) -> dict[str, Any]:
     return out
 
 
-def part_matrix(awm: str, models: list[Path], work: Path, store: str, cold: bool, workers: int = 1) -> dict[str, Any]:
+def part_matrix(awm: str, models: list[Path], work: Path, store: str, cold: bool, workers: int | None = None) -> dict[str, Any]:
     if cold:
         shutil.rmtree(work / "cache", ignore_errors=True)
         for m in models:
             evict(m)
     cmd = [awm, "matrix", *map(str, models), "--json", "-q", "--cache-dir", str(work / "cache"), "--store", str(work / store)]
     cpu0 = _cpu()
-    wall, rss, text, code = run_rss([*cmd, "--workers", str(workers)])
+    wall, rss, text, code = run_rss(cmd if workers is None else [*cmd, "--workers", str(workers)])
     data = json.loads(text)
     n = len(models)
     scores = {f"{a},{b}": data["score"][a][b] for a, b in itertools.combinations(range(n), 2)}
@@ -164,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         "models": [str(m) for m in models],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    for store in ("cold.sqlite", "warm.sqlite"):
+    for store in ("cold.sqlite", "cold1.sqlite", "warm.sqlite"):
         (args.work / store).unlink(missing_ok=True)
     if "matrix" in parts:
         res["matrix"] = part_matrix(awm, models, args.work, "cold.sqlite", cold=True)
         print(json.dumps({"matrix": {k: v for k, v in res["matrix"].items() if k != "tree"}}), flush=True)
+    if "matrix-w1" in parts:  # the same, one process (--workers 1), to show what the worker processes bring
+        res["matrix_w1"] = part_matrix(awm, models, args.work, "cold1.sqlite", cold=True, workers=1)
+        print(json.dumps({"matrix_w1": {k: res["matrix_w1"][k] for k in ("wall_s", "peak_rss_gib")}}), flush=True)
     if "warm" in parts:
         res["warm"] = part_matrix(awm, models, args.work, "warm.sqlite", cold=False)
         print(json.dumps({"warm": {k: res["warm"][k] for k in ("wall_s", "peak_rss_gib")}}), flush=True)

@@ -114,7 +114,12 @@ _EXAMPLES = (
 @click.option(
     "--engine", type=click.Choice(ENGINES), default="local", show_default=True, help="local processes, or Ray tasks on a cluster."
 )
-@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes (--engine local).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local worker processes (--engine local); default one per CPU, each with its share of threads.",
+)
 @click.option(
     "--ray-address", default=None, metavar="auto|HOST:PORT", help="Ray cluster to join (--engine ray; default: start a local one)."
 )
@@ -133,7 +138,7 @@ _EXAMPLES = (
 @friendly_errors
 def matrix_cmd(  # noqa: PLR0913 - click passes one argument per option
     models: tuple[str, ...], from_file: str | None, store: str, as_json: bool, csv_path: str | None, plot_path: str | None,
-    report_path: str | None, show_tree: bool, cache_dir: str | None, cache_limit: float, engine: str, workers: int,
+    report_path: str | None, show_tree: bool, cache_dir: str | None, cache_limit: float, engine: str, workers: int | None,
     ray_address: str | None, align: str, null: str | None, z_related: float, z_inconclusive: float, fail_on: str | None,
     quiet: bool,
 ) -> None:  # fmt: skip

@@ -10,6 +10,7 @@ the calling process, which alone writes the results store.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -102,11 +103,27 @@ def pair_task(key_a: str, key_b: str, spec_a: str, spec_b: str, cache_root: str,
 Job = tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: Environment variables that size BLAS/OpenMP thread pools; a worker process gets its share of the CPUs.
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 class Engine:
-    """Runs jobs ``(function, args)``; :meth:`run` yields ``(job index, result)`` as jobs finish."""
+    """Runs jobs ``(function, args)``; :meth:`run` yields ``(job index, result)`` as jobs finish.
+
+    ``threads``: how many threads one job may use (BLAS and the pair's array passes).
+    """
 
     name = "local"
     workers = 1
+    threads = 1
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
         for i, (fn, args) in enumerate(jobs):
@@ -117,21 +134,36 @@ class Engine:
 
 
 class LocalEngine(Engine):
-    """``workers`` processes on this machine (no Ray); one worker runs jobs in this process."""
+    """``workers`` processes on this machine (no Ray; ``None``: one per CPU); one worker runs jobs in this process.
 
-    def __init__(self, workers: int = 1) -> None:
+    The CPUs are shared out: each of ``w`` worker processes gets ``cpus // w`` BLAS threads (set in its
+    environment before it starts) and as many threads for a pair's array passes.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        cpus = available_cpus()
+        workers = cpus if workers is None else workers
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         self.workers = workers
+        self.threads = max(1, cpus // workers)
         self._pool: ProcessPoolExecutor | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        # Workers are spawned (a fresh interpreter: no copy of this process's BLAS threads or locks) and read
+        # their thread counts from the environment when BLAS loads; this process's BLAS is already loaded.
+        for var in _THREAD_VARS:
+            self._saved_env[var] = os.environ.get(var)
+            os.environ[var] = str(self.threads)
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
         if self.workers == 1 or len(jobs) <= 1:
             yield from super().run(jobs)
             return
         if self._pool is None:
-            # spawn: a fresh interpreter per worker, no copy of this process's BLAS threads or locks.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = self._start_pool()
         futures: dict[Future[dict[str, Any]], int] = {self._pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
         pending = set(futures)
         try:
@@ -147,6 +179,12 @@ class LocalEngine(Engine):
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        for var, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        self._saved_env.clear()
 
 
 def _check_reachable(address: str) -> None:
@@ -212,7 +250,7 @@ class RayEngine(Engine):
             self._started = False
 
 
-def make_engine(engine: str = "local", workers: int = 1, ray_address: str | None = None) -> Engine:
+def make_engine(engine: str = "local", workers: int | None = None, ray_address: str | None = None) -> Engine:
     if engine == "local":
         return LocalEngine(workers)
     if engine == "ray":

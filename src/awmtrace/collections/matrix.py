@@ -196,7 +196,7 @@ def matrix(  # noqa: PLR0913 - keyword options, until one frozen options object 
     cache_limit_bytes: int = DEFAULT_LIMIT_BYTES,
     store: str | Path | ResultsStore | None = None,
     engine: str | engine_mod.Engine = "local",
-    workers: int = 1,
+    workers: int | None = 1,
     ray_address: str | None = None,
     align: str = "auto",
     null: str | None = None,
@@ -209,7 +209,8 @@ def matrix(  # noqa: PLR0913 - keyword options, until one frozen options object 
 
     ``store``: a results store (path or open store) that receives every pair
     and lets a later run skip stored pairs; ``engine``: ``"local"`` (with
-    ``workers`` processes) or ``"ray"`` (``ray_address``: ``"auto"``,
+    ``workers`` processes, ``None`` for one per CPU as the CLI does; the default, 1, runs everything in this process, which
+    needs no ``if __name__ == "__main__"`` guard in a calling script) or ``"ray"`` (``ray_address``: ``"auto"``,
     ``"HOST:PORT"``, or ``None`` for a local Ray).
     """
     started = time.perf_counter()
@@ -258,7 +259,8 @@ def _run(  # noqa: PLR0913 - the run's parts, passed once from matrix()
             entries[i] = entry
     originals = sorted(entries)
     res = _Results(st, _store_options(align, null_name, min_shared, zr, zi, cache))
-    pair_options = {"align": align, "null": null, "min_shared_tokens": min_shared, "z_related": zr, "z_inconclusive": zi}
+    pair_options = {"align": align, "null": null, "min_shared_tokens": min_shared, "z_related": zr, "z_inconclusive": zi,
+                    "threads": eng.threads}  # fmt: skip
     results: dict[tuple[int, int], dict[str, Any]] = {}
     todo: list[tuple[int, int]] = []
     for x, i in enumerate(originals):

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import sgemv
 
 from awmtrace._version import __version__
 from awmtrace.collections.cache import CacheEntry
@@ -206,7 +207,9 @@ def _feature_terms(x: np.ndarray, xtx_sq: float | None) -> cka.FeatureTerms:
     n = x.shape[0]
     sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     cols = x.sum(axis=0, dtype=np.float64)
-    rows = (x @ cols.astype(np.float32)).astype(np.float64) - sq
+    # scipy's BLAS, as core.cka uses: numpy and scipy each bundle an OpenBLAS, and alternating between
+    # their thread pools leaves one spinning while the other works.
+    rows = np.asarray(sgemv(1.0, x.T, cols.astype(np.float32), trans=1), dtype=np.float64) - sq
     total = float(cols @ cols - sq.sum())
     self_hsic = _hsic(xtx_sq - float(sq @ sq), total, total, float(rows @ rows), n)
     return cka.FeatureTerms(x=x, sq_norms=sq, row_sums=rows, total=total, self_hsic=self_hsic)

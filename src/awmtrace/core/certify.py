@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg.blas import ssyrk
+from scipy.linalg.blas import sgemm, ssyrk
 
 from awmtrace.core.align import CosineAccumulator
 from awmtrace.errors import NumericalError
@@ -47,6 +47,8 @@ __all__ = ["ColumnCosines", "MatchedAccumulator", "candidate", "certified", "may
 MARGIN = 0.01
 #: Evenly spaced shared rows used to propose the candidate assignment.
 SAMPLE_ROWS = 2048
+#: A candidate whose smallest matched |cos| on the sample is below this is not tried (a proof needs about 0.71).
+SAMPLE_MIN_COS = 0.5
 
 
 class ColumnCosines:
@@ -129,10 +131,16 @@ def candidate(sample_base: np.ndarray, sample_other: np.ndarray) -> np.ndarray |
     norm_o = np.sqrt(np.einsum("ij,ij->j", sample_other, sample_other, dtype=np.float64))
     if (norm_b == 0).any() or (norm_o == 0).any():
         return None
-    cos = np.abs(sample_other.T @ sample_base)  # (n_other, n_base); column norms cancel in the row-wise argmax but for the base's
+    # (n_other, n_base) by scipy's SGEMM (not numpy's matmul: the two libraries' BLAS thread pools fight when alternated).
+    # Dividing by the base's column norms is enough for a row-wise argmax: the other's norm is constant along a row.
+    cos = np.abs(sgemm(1.0, np.ascontiguousarray(sample_other).T, np.ascontiguousarray(sample_base).T, trans_b=1))
     cos /= norm_b.astype(np.float32)[None, :]
     index = np.argmax(cos, axis=1).astype(np.int64)
-    return index if np.unique(index).size == index.size else None
+    if np.unique(index).size != index.size:
+        return None
+    # A sample far from the cosines a proof needs (see may_certify) is not worth the exact pass.
+    sampled = cos[np.arange(index.size), index] / norm_o
+    return index if float(sampled.min()) >= SAMPLE_MIN_COS else None
 
 
 def may_certify(matched: np.ndarray, margin: float = MARGIN) -> bool:
