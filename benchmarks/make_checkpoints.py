@@ -192,8 +192,11 @@ class Derived:
         return out
 
 
-def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # generator of (name, array)
-    """``(name, float32 array)`` in Hugging Face Llama order."""
+def _tensors(shape: Shape, kind: str, drift: float, scale: float, lean: bool = False):  # generator of (name, array)
+    """``(name, float32 array)`` in Hugging Face Llama order.
+
+    ``lean``: only what AWM reads, with the same values (every tensor has its own seed).
+    """
     base = BaseWeights(shape, SEEDS[kind])
     d = Derived(base, drift, scale) if kind == "derived" else None
     ones = np.ones(shape.hidden, dtype=np.float32)
@@ -209,11 +212,15 @@ def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # generator 
         q, k = base.attention_pair(i)
         items = [("self_attn.q_proj", q, "reads"), ("self_attn.k_proj", k, "reads")]
         for name, kind_ in (
-            ("self_attn.v_proj", "v"),
-            ("self_attn.o_proj", "o"),
-            ("mlp.gate_proj", "gate"),
-            ("mlp.up_proj", "up"),
-            ("mlp.down_proj", "down"),
+            ()
+            if lean
+            else (
+                ("self_attn.v_proj", "v"),
+                ("self_attn.o_proj", "o"),
+                ("mlp.gate_proj", "gate"),
+                ("mlp.up_proj", "up"),
+                ("mlp.down_proj", "down"),
+            )
         ):
             items.append((name, base.other(i, kind_), "writes" if kind_ in ("o", "down") else "reads"))
         del q, k
@@ -225,7 +232,11 @@ def _tensors(shape: Shape, kind: str, drift: float, scale: float):  # generator 
             yield p + name + ".weight", w
         items.clear()
         yield p + "input_layernorm.weight", norm
+        if lean:
+            continue
         yield p + "post_attention_layernorm.weight", norm
+    if lean:
+        return
     yield "model.norm.weight", norm
     head = base.lm_head()
     if d is not None:
@@ -252,7 +263,7 @@ def _config(shape: Shape) -> dict:
     }
 
 
-def write_model(shape: Shape, kind: str, folder: Path, shard_bytes: int, drift: float, scale: float) -> dict:
+def write_model(shape: Shape, kind: str, folder: Path, shard_bytes: int, drift: float, scale: float, lean: bool = False) -> dict:
     """Write one model; returns a summary (bytes, shards, seconds)."""
     started = time.perf_counter()
     tmp = folder.with_name(folder.name + ".partial")
@@ -277,7 +288,7 @@ def write_model(shape: Shape, kind: str, folder: Path, shard_bytes: int, drift: 
         pending.clear()
         pending_bytes = 0
 
-    for name, w in _tensors(shape, kind, drift, scale):
+    for name, w in _tensors(shape, kind, drift, scale, lean):
         arr = np.ascontiguousarray(w.astype(ml_dtypes.bfloat16))
         del w
         if pending and pending_bytes + arr.nbytes > shard_bytes:
@@ -308,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drift", type=float, default=0.05, help="derived: Gaussian drift, relative to each matrix's RMS")
     ap.add_argument("--scale", type=float, default=2.0, help="derived: residual-stream scale")
     ap.add_argument("--force", action="store_true", help="rewrite models that already exist")
+    ap.add_argument(
+        "--lean",
+        action="store_true",
+        help="write only the tensors AWM reads (embedding, Q, K, attention norm): same values, a fraction of the size",
+    )
     args = ap.parse_args(argv)
     shape = SHAPES[args.shape]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -324,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         if folder.exists() and (folder / "model.safetensors.index.json").exists() and not args.force:
             print(json.dumps({"model": str(folder), "skipped": "exists (use --force)"}))
             continue
-        print(json.dumps(write_model(shape, kind, folder, int(args.shard_gb * 1e9), args.drift, args.scale)), flush=True)
+        print(json.dumps(write_model(shape, kind, folder, int(args.shard_gb * 1e9), args.drift, args.scale, args.lean)), flush=True)
     return 0
 
 

@@ -245,3 +245,22 @@ def test_feature_form_for_grouped_query_k_and_mixed_forms(tmp_path: Path, monkey
         got = score_pair(ea, eb)
         assert got.score_k == pytest.approx(want.score_k, abs=2e-5)
         assert got.score == pytest.approx(want.score, abs=2e-5)
+
+
+def test_large_files_are_trusted_while_unchanged_and_verified_on_demand(three: list[Path], tmp_path: Path) -> None:
+    matrix(three[:2], cache_dir=tmp_path)
+    entry = _entry_dir(tmp_path, three[0])
+    q = entry / "q.npy"
+    st = q.stat()
+    with q.open("r+b") as fh:  # damage a Gram in place, then put the file's time back as a copy tool might
+        fh.seek(-100, os.SEEK_END)
+        fh.write(b"\x7f" * 8)
+    os.utime(q, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert ModelCache(tmp_path).open(entry.name) is not None  # the quick check trusts size and time (documented)
+    listed = {d["key"]: d for d in ModelCache(tmp_path).entries(verify=True)}
+    assert not listed[entry.name]["valid"] and "checksum" in listed[entry.name]["problem"]
+    out = CliRunner().invoke(main, ["cache", "list", "--cache-dir", str(tmp_path), "--verify", "--json"])
+    assert out.exit_code == 0 and [e["valid"] for e in json.loads(out.output)["entries"]].count(False) == 1
+    os.utime(q)  # a time that differs from the manifest's: now every open checks the checksums
+    cache = ModelCache(tmp_path)
+    assert cache.open(entry.name) is None and any("checksum" in n for n in cache.notes)

@@ -145,6 +145,25 @@ def test_local_workers_give_identical_scores(collection: list[Path], result: Any
             assert out.score[x][y] == result.score[i][j]
 
 
+def test_worker_processes_share_out_the_cpus() -> None:
+    import os
+
+    from awmtrace.collections.engine import LocalEngine, available_cpus
+
+    cpus = available_cpus()
+    auto = LocalEngine(None)
+    assert auto.workers == cpus and auto.threads == 1
+    assert LocalEngine(1).threads == cpus
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    eng = LocalEngine(2)
+    try:
+        seen = [r for _, r in eng.run([(os.getenv, ("OPENBLAS_NUM_THREADS",))] * 2)]
+    finally:
+        eng.close()
+    assert seen == [str(max(1, cpus // 2))] * 2  # each worker's BLAS gets its share, set before it loads
+    assert os.environ.get("OPENBLAS_NUM_THREADS") == before  # and this process's environment is restored
+
+
 def test_ray_engine_gives_identical_scores(collection: list[Path], result: Any, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     from awmtrace.collections.engine import RayEngine

@@ -187,12 +187,17 @@ _dir_option = click.option("--cache-dir", type=click.Path(file_okay=False), defa
 
 @cache_group.command("list")
 @_dir_option
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Checksum every file of every entry (by default large files are checked when their size or time changed).",
+)
 @json_option
 @friendly_errors
-def cache_list(cache_dir: str | None, as_json: bool) -> None:
+def cache_list(cache_dir: str | None, verify: bool, as_json: bool) -> None:
     """Entries, most recently used first."""
     cache = ModelCache(cache_dir)
-    items = cache.entries()
+    items = cache.entries(verify=verify)
     if as_json:
         emit_json({"schema_version": 1, "cache_dir": str(cache.root), "entries": items, "bytes": sum(d["bytes"] for d in items)})
         return

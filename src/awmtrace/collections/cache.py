@@ -416,8 +416,11 @@ class ModelCache:
             raise CacheError(f"cache entry {final} failed its checks right after it was written; the cache folder may be unreliable")
         return entry
 
-    def entries(self) -> list[dict[str, Any]]:
-        """Entries, most recently used first: key, spec, bytes, last use, and whether they pass their checks."""
+    def entries(self, verify: bool = False) -> list[dict[str, Any]]:
+        """Entries, most recently used first: key, spec, bytes, last use, and whether they pass their checks.
+
+        ``verify``: checksum every file, not only those whose size or time changed.
+        """
         out: list[dict[str, Any]] = []
         if not self.entries_dir.is_dir():
             return out
@@ -425,7 +428,7 @@ class ModelCache:
             info: dict[str, Any] = {"key": path.name, "path": str(path), "bytes": _du(path), "last_used": _last_used(path)}
             try:
                 m = json.loads((path / _MANIFEST).read_text(encoding="utf-8"))
-                _check_manifest(path, m, path.name)
+                _check_manifest(path, m, path.name, verify=verify)
                 info.update(spec=m.get("spec"), fingerprint=m.get("content_fingerprint"), valid=True, tool_version=m.get("tool_version"))
             except (OSError, ValueError, CacheCorrupt) as exc:
                 info.update(spec=None, valid=False, problem=str(exc))

@@ -90,6 +90,8 @@ class _Side:
     def block_exponent(self, rows: np.ndarray) -> int:
         """The exponent this side uses from this block on (raised when the block would leave the safe range)."""
         peak = float(max(np.max(rows, initial=0.0), -np.min(rows, initial=0.0)))
+        if not math.isfinite(peak):  # max/min propagate NaN and Inf: this is the finiteness check too
+            raise NumericalError("the token embedding holds NaN or Inf values")
         if peak == 0.0:
             return self.exponent if self.exponent is not None else 0
         exp = math.frexp(peak)[1]  # peak = m * 2**exp, 0.5 <= m < 1
@@ -185,8 +187,6 @@ class CosineAccumulator:
             raise ValueError(
                 f"expected blocks of width {self.n_base} and {self.n_other}, got {rows_base.shape[1]} and {rows_other.shape[1]}"
             )
-        if not (np.isfinite(rows_base).all() and np.isfinite(rows_other).all()):
-            raise NumericalError("the token embedding holds NaN or Inf values")
         rb = self._scaled(self._base, rows_base)
         ro = self._scaled(self._other, rows_other)
         self._add_cross(rb, ro)

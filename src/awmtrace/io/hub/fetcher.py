@@ -153,8 +153,8 @@ def fetch(
     ``select(source, ffn)`` names the safetensors tensors to fetch, from a
     header-only :class:`~awmtrace.io.hub.plan.HeaderSource` (``None``: every
     tensor); ``awmtrace.pipeline.hub_tensors`` is the one a comparison needs.
-    ``ffn`` is passed to it and keeps its copy apart from an attention-only one. ``verify`` re-hashes cached files against their recorded sha256;
-    ``dry_run`` reads headers only and reports what a fetch would transfer.
+    ``ffn`` is passed to it and keeps its copy apart from an attention-only one.
+    ``verify`` re-hashes cached files against their recorded sha256; ``dry_run`` reads headers only.
     Raises :class:`HubError` (network, auth, offline, disk) or
     :class:`FormatError` (damaged files); never leaves a snapshot that
     looks complete but is not.

@@ -1,0 +1,122 @@
+"""The certified LAP (awmtrace.core.certify): the bound holds, a proof gives the full LAP's answer, no proof where none is due."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from awmtrace.core.align import CosineAccumulator, choose_alignment
+from awmtrace.core.certify import MARGIN, ColumnCosines, MatchedAccumulator, candidate, certified, may_certify
+
+
+def _embeddings(v: int, n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A base embedding and a permuted, sign-flipped, noisy copy: (base, other, true index, true signs)."""
+    rng = np.random.default_rng(seed)
+    base = (rng.standard_normal((v, n)) + 0.3 * rng.standard_normal((v, 1))).astype(np.float32)  # shared direction: columns correlate
+    index = rng.permutation(n)
+    signs = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
+    other = base[:, index] * signs + noise * rng.standard_normal((v, n)).astype(np.float32)
+    return base, other.astype(np.float32), index, signs
+
+
+def _cos64(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    a = a / np.linalg.norm(a, axis=0)
+    return a.T @ a
+
+
+def test_column_cosines_is_the_largest_other_cosine_at_any_scale() -> None:
+    rng = np.random.default_rng(0)
+    e = (rng.standard_normal((300, 12)) + rng.standard_normal((300, 1))).astype(np.float32)
+    e[:, 3] = 0.0  # a zero column bounds nothing: 1
+    keep = np.arange(12) != 3
+    want = np.abs(_cos64(e[:, keep]))
+    np.fill_diagonal(want, 0.0)
+    for scale in (1.0, 1e30, 1e-30):  # near the float32 limits a Gram would overflow or vanish without the block scaling
+        cc = ColumnCosines(12)
+        for start in range(0, 300, 64):
+            cc.add(e[start : start + 64] * np.float32(scale))
+        got = cc.max_other()
+        assert got[3] == 1.0
+        assert got[keep] == pytest.approx(want.max(axis=0), abs=1e-5)
+
+
+def _full(base: np.ndarray, other: np.ndarray, mode: str = "lap") -> object:
+    acc = CosineAccumulator(base.shape[1], other.shape[1], base.shape[0])
+    for s in range(0, base.shape[0], 500):
+        acc.add(base[s : s + 500], other[s : s + 500])
+    return choose_alignment(acc, mode)
+
+
+def _matched(base: np.ndarray, other: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, MatchedAccumulator]:
+    acc = MatchedAccumulator(index, base.shape[1], base.shape[0])
+    for s in range(0, base.shape[0], 500):
+        acc.add(base[s : s + 500], other[s : s + 500])
+    return acc.matched(), acc
+
+
+@pytest.mark.parametrize(("n", "noise"), [(16, 0.05), (64, 0.3), (48, 0.6)])
+def test_a_certified_candidate_is_the_full_lap_solution(n: int, noise: float) -> None:
+    base, other, index, signs = _embeddings(3000, n, noise, seed=n)
+    cand = candidate(base[::7], other[::7])
+    assert cand is not None and np.array_equal(cand, index)
+    matched, acc = _matched(base, other, cand)
+    bound = ColumnCosines(n)
+    bound.add(base)
+    assert certified(matched, cand, bound.max_other())
+    full = _full(base, other)
+    assert np.array_equal(full.index, cand)  # type: ignore[attr-defined]
+    assert np.array_equal(full.signs, np.where(matched < 0, -1.0, 1.0))  # type: ignore[attr-defined]
+    assert full.matched == pytest.approx(matched, abs=1e-5)  # type: ignore[attr-defined]
+    # the same column statistics as the full accumulator
+    assert acc.stats().sq_base == pytest.approx(_full_stats(base, other).sq_base, rel=1e-6)
+
+
+def _full_stats(base: np.ndarray, other: np.ndarray) -> object:
+    acc = CosineAccumulator(base.shape[1], other.shape[1], base.shape[0])
+    acc.add(base, other)
+    return acc.stats()
+
+
+def test_the_bound_holds_for_every_pair_of_columns() -> None:
+    # |cos(b_j, a_i)| <= |c_j| g + sqrt(1 - c_j^2) sqrt(1 - g^2), g = |cos(a_i, a_k)|, for all i != k = m(j)
+    for seed in range(5):
+        base, other, index, _ = _embeddings(400, 24, 0.8, seed)
+        cos = _cos64(np.concatenate([base, other], axis=1))[24:, :24]  # (other, base)
+        self_cos = np.abs(_cos64(base))
+        for j in range(24):
+            k = index[j]
+            c = abs(cos[j, k])
+            g = self_cos[:, k]
+            bound = c * g + np.sqrt(1 - c * c) * np.sqrt(np.maximum(1 - g * g, 0))
+            others = np.arange(24) != k
+            assert np.all(np.abs(cos[j, others]) <= bound[others] + 1e-9)
+
+
+def test_no_proof_for_unrelated_or_weakly_related_embeddings() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2000, 32)).astype(np.float32)
+    b = rng.standard_normal((2000, 32)).astype(np.float32)
+    assert candidate(a[::5], b[::5]) is None  # unrelated: the row-wise best matches collide or are weak
+    base, other, index, _ = _embeddings(2000, 32, 1.5, seed=4)  # related, but too noisy for a proof
+    matched, _ = _matched(base, other, index)
+    bound = ColumnCosines(32)
+    bound.add(base)
+    assert not may_certify(matched) and not certified(matched, index, bound.max_other())
+
+
+def test_a_wrong_candidate_is_never_certified() -> None:
+    base, other, index, _ = _embeddings(3000, 20, 0.05, seed=5)
+    wrong = index.copy()
+    wrong[[0, 1]] = wrong[[1, 0]]
+    matched, _ = _matched(base, other, wrong)
+    bound = ColumnCosines(20)
+    bound.add(base)
+    assert not certified(matched, wrong, bound.max_other())
+    assert not certified(*_matched(base, other, index)[:1], np.r_[index[:-1], index[0]], bound.max_other())  # not one-to-one
+
+
+def test_may_certify_threshold_is_where_the_bound_at_zero_meets_the_margin() -> None:
+    c = (MARGIN + np.sqrt(2 - MARGIN**2)) / 2
+    assert np.sqrt(1 - c * c) == pytest.approx(c - MARGIN)
+    assert may_certify(np.array([c + 1e-6, 0.99])) and not may_certify(np.array([c - 1e-6, 0.99]))
