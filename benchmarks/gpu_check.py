@@ -78,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tests:
         res["tests"] = _run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS], timeout=240)
         save()
-    models = {k: args.work / f"{args.shape}-{k}" for k in ("base", "derived")}
     res["checkpoints"] = _run(
         [sys.executable, str(HERE / "make_checkpoints.py"), "--shape", args.shape, "--kinds", "base,derived", "--lean",
          "--out", str(args.work)], timeout=300)  # fmt: skip
     save()
-    pair = [str(models["base"]), str(models["derived"])]
+    # make_checkpoints names folders by the shape's full name (llama2-7b-base, tinyllama-1.1b-base, ...).
+    pair = [str(next(p for p in sorted(args.work.glob(f"*-{kind}")) if (p / "config.json").exists())) for kind in ("base", "derived")]
     for device in ("cuda", "cpu") if cuda else ("cpu",):
         res[f"compare_{device}"] = _run([awm, "compare", *pair, "--json", "-q", "--device", device], timeout=300)
         save()
