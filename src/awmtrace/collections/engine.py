@@ -112,18 +112,20 @@ def available_cpus() -> int:
 
 
 #: Environment variables that size BLAS/OpenMP thread pools; a worker process gets its share of the CPUs.
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "AWMTRACE_THREADS")
 
 
 class Engine:
     """Runs jobs ``(function, args)``; :meth:`run` yields ``(job index, result)`` as jobs finish.
 
-    ``threads``: how many threads one job may use (BLAS and the pair's array passes).
+    ``threads``: how many threads one job may use (BLAS and the pair's array passes); ``pair_threads``:
+    what a pair is told to use (``None``: :func:`awmtrace.collections.pairs.default_threads` decides where it runs).
     """
 
     name = "local"
     workers = 1
     threads = 1
+    pair_threads: int | None = None
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
         for i, (fn, args) in enumerate(jobs):
@@ -148,23 +150,29 @@ class LocalEngine(Engine):
         self.workers = workers
         self.threads = max(1, cpus // workers)
         self._pool: ProcessPoolExecutor | None = None
-        self._saved_env: dict[str, str | None] = {}
 
-    def _start_pool(self) -> ProcessPoolExecutor:
-        # Workers are spawned (a fresh interpreter: no copy of this process's BLAS threads or locks) and read
-        # their thread counts from the environment when BLAS loads; this process's BLAS is already loaded.
-        for var in _THREAD_VARS:
-            self._saved_env[var] = os.environ.get(var)
-            os.environ[var] = str(self.threads)
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+    def _submit(self, jobs: Sequence[Job]) -> dict[Future[dict[str, Any]], int]:
+        """Submit every job. Workers are spawned as jobs arrive (a fresh interpreter: no copy of this process's
+        BLAS threads or locks) and read their thread counts from the environment when BLAS loads, so the
+        environment holds their share only while they start; this process's own BLAS is already loaded."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        saved = {var: os.environ.get(var) for var in _THREAD_VARS}
+        os.environ.update(dict.fromkeys(_THREAD_VARS, str(self.threads)))
+        try:
+            return {self._pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
         if self.workers == 1 or len(jobs) <= 1:
-            yield from super().run(jobs)
+            yield from super().run(jobs)  # here, with every CPU (a pair's threads default to them)
             return
-        if self._pool is None:
-            self._pool = self._start_pool()
-        futures: dict[Future[dict[str, Any]], int] = {self._pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
+        futures = self._submit(jobs)
         pending = set(futures)
         try:
             while pending:
@@ -179,12 +187,6 @@ class LocalEngine(Engine):
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
-        for var, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-        self._saved_env.clear()
 
 
 def _check_reachable(address: str) -> None:
@@ -206,6 +208,7 @@ class RayEngine(Engine):
     """Jobs as Ray tasks on an existing cluster (``address``: ``auto`` or ``HOST:PORT``), or a local one when ``address`` is ``None``."""
 
     name = "ray"
+    pair_threads = 1  # each task holds one CPU of its node
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
         try:

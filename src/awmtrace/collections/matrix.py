@@ -260,7 +260,7 @@ def _run(  # noqa: PLR0913 - the run's parts, passed once from matrix()
     originals = sorted(entries)
     res = _Results(st, _store_options(align, null_name, min_shared, zr, zi, cache))
     pair_options = {"align": align, "null": null, "min_shared_tokens": min_shared, "z_related": zr, "z_inconclusive": zi,
-                    "threads": eng.threads}  # fmt: skip
+                    "threads": eng.pair_threads}  # fmt: skip
     results: dict[tuple[int, int], dict[str, Any]] = {}
     todo: list[tuple[int, int]] = []
     for x, i in enumerate(originals):

@@ -42,7 +42,10 @@ Progress = Callable[[str, int, int], None]
 
 
 def default_threads() -> int:
-    """Threads a pair uses by default: the CPUs this process may run on."""
+    """Threads a pair uses by default: ``AWMTRACE_THREADS`` (a worker's share, set by the local engine), else every CPU."""
+    share = os.environ.get("AWMTRACE_THREADS", "")
+    if share.isdigit() and int(share) > 0:
+        return int(share)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
