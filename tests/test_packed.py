@@ -8,7 +8,7 @@ import pytest
 from scipy.linalg.blas import ssyrk
 
 from awmtrace.core.cka import hsic_from_sums, unbiased_hsic_gram
-from awmtrace.core.packed import gathered_cross, pack_gram, round_bf16, widen_bf16
+from awmtrace.core.packed import PackedGram, gathered_cross, pack_gram, packed_size, round_bf16, widen_bf16
 
 
 def _syrk(x: np.ndarray) -> np.ndarray:
@@ -17,8 +17,9 @@ def _syrk(x: np.ndarray) -> np.ndarray:
     return np.asarray(ssyrk(1.0, np.asfortranarray(x), beta=0.0, c=out, overwrite_c=1))
 
 
-def _unpack(bits: np.ndarray) -> np.ndarray:
-    return widen_bf16(bits, np.empty(bits.shape, dtype=np.float32)).astype(np.float64)
+def _unpack(gram: PackedGram) -> np.ndarray:
+    full = gram.full()
+    return widen_bf16(full, np.empty(full.shape, dtype=np.float32)).astype(np.float64)
 
 
 def test_round_and_widen_bf16_are_nearest_and_exact() -> None:
@@ -36,13 +37,14 @@ def test_round_and_widen_bf16_are_nearest_and_exact() -> None:
     assert np.array_equal(wide[finite], every.view(ml_dtypes.bfloat16).astype(np.float32)[finite])
 
 
-@pytest.mark.parametrize("n", [5, 31, 32, 33, 100, 257])
-def test_pack_gram_is_the_rounded_symmetric_zero_diagonal_gram(n: int) -> None:
+@pytest.mark.parametrize(("n", "block"), [(5, 32), (31, 32), (32, 32), (33, 32), (100, 7), (257, 64)])
+def test_pack_gram_is_the_rounded_symmetric_zero_diagonal_gram(n: int, block: int) -> None:
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((n, 7)) + 0.5).astype(np.float32)
-    bits = np.empty((n, n), np.uint16)
-    stats = pack_gram(_syrk(x), bits)
-    k = _unpack(bits)
+    bits = np.empty(packed_size(n, block), np.uint16)
+    stats = pack_gram(_syrk(x), bits, block)
+    assert packed_size(n, block) <= n * (n + block) // 2 + block * block  # about half of n^2
+    k = _unpack(PackedGram(bits, n, block))
     want = x.astype(np.float64) @ x.T.astype(np.float64)
     np.fill_diagonal(want, 0.0)
     assert np.array_equal(k, k.T) and not np.diag(k).any()
@@ -54,12 +56,12 @@ def test_pack_gram_is_the_rounded_symmetric_zero_diagonal_gram(n: int) -> None:
     assert stats.sumsq == pytest.approx((k * k).sum(), rel=1e-6)
 
 
-def _pair(n_base: int, n_other: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _pair(n_base: int, n_other: int, seed: int, block: int = 32) -> tuple[PackedGram, PackedGram]:
     rng = np.random.default_rng(seed)
-    kb, ko = np.empty((n_base, n_base), np.uint16), np.empty((n_other, n_other), np.uint16)
-    pack_gram(_syrk(rng.standard_normal((n_base, 9)).astype(np.float32) + 0.2), kb)
-    pack_gram(_syrk(rng.standard_normal((n_other, 9)).astype(np.float32) - 0.1), ko)
-    return kb, ko
+    kb, ko = np.empty(packed_size(n_base, block), np.uint16), np.empty(packed_size(n_other, block), np.uint16)
+    pack_gram(_syrk(rng.standard_normal((n_base, 9)).astype(np.float32) + 0.2), kb, block)
+    pack_gram(_syrk(rng.standard_normal((n_other, 9)).astype(np.float32) - 0.1), ko, block)
+    return PackedGram(kb, n_base, block), PackedGram(ko, n_other, block)
 
 
 @pytest.mark.parametrize(
@@ -67,11 +69,11 @@ def _pair(n_base: int, n_other: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     [(40, 40, False, False, 32), (40, 40, False, True, 7), (40, 40, True, False, 32), (64, 64, True, True, 16), (50, 33, True, True, 8)],
 )
 def test_gathered_cross_matches_the_gathered_signed_product(n_base: int, n_other: int, gather: bool, signed: bool, block: int) -> None:
-    kb, ko = _pair(n_base, n_other, seed=n_base + n_other)
+    kb, ko = _pair(n_base, n_other, seed=n_base + n_other, block=block)
     rng = np.random.default_rng(7)
     index = rng.permutation(n_base)[:n_other] if gather else None
     signs = np.where(rng.random(n_other) < 0.5, -1.0, 1.0) if signed else None
-    got = gathered_cross(kb, ko, index, signs, base_stats=True, block=block)
+    got = gathered_cross(kb, ko, index, signs, base_stats=True)
     kbase, kother = _unpack(kb), _unpack(ko)
     g = kbase if index is None else kbase[np.ix_(index, index)]
     s = np.ones(n_other) if signs is None else signs
@@ -96,3 +98,5 @@ def test_gathered_cross_refuses_mismatched_shapes() -> None:
         gathered_cross(kb, ko)
     with pytest.raises(ValueError, match="one entry per dimension"):
         gathered_cross(kb, ko, np.arange(9))
+    with pytest.raises(ValueError, match="holds"):
+        PackedGram(np.zeros(10, np.uint16), 20)

@@ -26,7 +26,7 @@ from awmtrace._version import __version__
 from awmtrace.collections import cache as cache_mod
 from awmtrace.core import cka
 from awmtrace.core.certify import ColumnCosines
-from awmtrace.core.packed import pack_gram, round_bf16, widen_bf16
+from awmtrace.core.packed import BLOCK_ROWS, pack_gram, packed_size, round_bf16, widen_bf16
 from awmtrace.extract import AlignedReader
 from awmtrace.types import Alignment
 
@@ -114,7 +114,10 @@ def _identity(n: int) -> Alignment:
 
 
 def _packed_gram(x: np.ndarray, buf: np.ndarray, out: np.ndarray, stats: np.ndarray) -> None:
-    """Pack the zero-diagonal Gram of samples ``x`` ``(n, d_out)`` into ``out`` ``(n, n)`` uint16; fills ``stats`` ``(2n + 2,)``."""
+    """Pack the zero-diagonal Gram of samples ``x`` ``(n, d_out)`` into ``out`` (:func:`~awmtrace.core.packed.packed_size` uint16).
+
+    Fills ``stats`` ``(2n + 2,)``.
+    """
     n = x.shape[0]
     k = cka._syrk_upper(x, out=buf)
     diag = np.einsum("ii->i", k)
@@ -147,13 +150,13 @@ def _roles(first: tuple[np.ndarray, np.ndarray], n: int, n_layers: int, force_gr
     for name, x in zip(("q", "k"), first, strict=True):
         d_out = int(x.shape[1])
         form = "feature" if not force_gram and FEATURE_RATIO * d_out <= n else "gram"
-        shape = [n_layers, n, n] if form == "gram" else [n_layers, n, d_out]
-        roles.append({"role": name, "file": f"{name}.npy", "form": form, "shape": shape, "crc32": []})
+        shape = [n_layers, packed_size(n)] if form == "gram" else [n_layers, n, d_out]
+        roles.append({"role": name, "file": f"{name}.npy", "form": form, "shape": shape, "block": BLOCK_ROWS, "crc32": []})
     return roles
 
 
 def _write_layers(model: Any, folder: Path, progress: Progress, force_gram: bool = False) -> list[dict[str, Any]]:
-    """``q.npy``/``k.npy`` (packed Grams ``(L, n, n)`` or samples ``(L, n, d_out)``, bfloat16 bits) and ``stats.npy`` ``(L, 2, 2n + 2)``.
+    """``q.npy``/``k.npy`` (packed Grams ``(L, packed_size(n))`` or samples ``(L, n, d_out)``, bfloat16 bits) and ``stats.npy``.
 
     Returns per role: file, form (``gram``/``feature``), shape and per-layer CRC-32s.
     """
@@ -177,7 +180,7 @@ def _write_layers(model: Any, folder: Path, progress: Progress, force_gram: bool
             for role, (x, r, half, fh) in enumerate(zip(mats, roles, halves, handles, strict=True)):
                 if r["form"] == "gram":
                     _packed_gram(x, buf, half, stats[i, role])
-                elif x.shape[1] != r["shape"][2]:
+                elif x.shape[1] != r["shape"][-1]:
                     raise _ShapeChanged
                 else:
                     _packed_samples(x, half, stats[i, role])

@@ -31,7 +31,7 @@ from awmtrace.core import cka, stats
 from awmtrace.core.align import match_layers
 from awmtrace.core.cka import cka_from_terms
 from awmtrace.core.cka import hsic_from_sums as _hsic
-from awmtrace.core.packed import gathered_cross, pack_gram, widen_bf16
+from awmtrace.core.packed import PackedGram, gathered_cross, pack_gram, packed_size, widen_bf16
 from awmtrace.errors import VocabularyError
 from awmtrace.io.base import RowReader, TensorSource
 from awmtrace.types import Alignment, LayerScore, NullModel, PairResult
@@ -116,13 +116,19 @@ class _Side:
         self.permutation = self.index is None or al.index.size == n
         self.signs = al.signs if not is_base and rotation is None and al.n_sign_flips else None
 
+    def gram(self, layer: int, role: int) -> PackedGram:
+        """The stored packed Gram of ``(layer, role)`` (memory-mapped)."""
+        info = self.entry.manifest["roles"][role]
+        return PackedGram(self.entry.stored(layer, role), self.entry.hidden_size, int(info["block"]))
+
     def wide(self, layer: int, role: int) -> np.ndarray:
-        """The stored matrix widened to float32, its diagonal restored for a Gram (what a rotation needs)."""
-        bits = self.entry.stored(layer, role)
-        out = widen_bf16(bits, np.empty(bits.shape, dtype=np.float32))
-        if self.entry.form(role) == "gram":
-            n = out.shape[0]
-            out[np.diag_indices(n)] = self.entry.stats(layer, role)[1]
+        """The stored matrix widened to float32, a Gram in full with its diagonal restored (what a rotation needs)."""
+        if self.entry.form(role) != "gram":
+            bits = self.entry.stored(layer, role)
+            return widen_bf16(bits, np.empty(bits.shape, dtype=np.float32))
+        full = self.gram(layer, role).full()
+        out = widen_bf16(full, np.empty(full.shape, dtype=np.float32))
+        out[np.diag_indices(out.shape[0])] = self.entry.stats(layer, role)[1]
         return out
 
     def samples(self, layer: int, role: int) -> np.ndarray:
@@ -136,16 +142,16 @@ class _Side:
             x *= self.signs[:, None]
         return x
 
-    def packed(self, layer: int, role: int) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """``(bits, rows, total, sumsq)`` of the Gram as stored, or packed from the samples when the role is stored as samples."""
+    def packed(self, layer: int, role: int) -> tuple[PackedGram, np.ndarray, float, float]:
+        """``(gram, rows, total, sumsq)`` of the Gram as stored, or packed from the samples when the role is stored as samples."""
         if self.entry.form(role) == "gram":
             rows, _, total, sumsq = self.entry.stats(layer, role)
-            return self.entry.stored(layer, role), rows, total, sumsq
-        x = np.asfortranarray(widen_bf16(self.entry.stored(layer, role), np.empty(self.entry.stored(layer, role).shape, np.float32)))
+            return self.gram(layer, role), rows, total, sumsq
+        x = np.asfortranarray(self.wide(layer, role))
         n = x.shape[0]
-        bits = np.empty((n, n), dtype=np.uint16)
+        bits = np.empty(packed_size(n), dtype=np.uint16)
         st = pack_gram(cka._syrk_upper(x), bits)
-        return bits, st.rows, st.total, st.sumsq
+        return PackedGram(bits, n), st.rows, st.total, st.sumsq
 
 
 def _gram_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
@@ -161,7 +167,7 @@ def _gram_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
         rows_b = rows_b[base.index]
     if ct.other_rows is not None:
         rows_o, total_o = ct.other_rows, float(ct.other_rows.sum())
-    n = lo.shape[0]
+    n = lo.n
     hxy = _hsic(ct.trace, total_b, total_o, float(rows_b @ rows_o), n)
     return cka_from_terms(
         hxy, _hsic(sq_b, total_b, total_b, float(rows_b @ rows_b), n), _hsic(sq_o, total_o, total_o, float(rows_o @ rows_o), n)
@@ -183,7 +189,8 @@ def _rotated_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float
         k = x @ x.T
     np.fill_diagonal(k, 0.0)
     if other.entry.form(role) == "gram":
-        lo = widen_bf16(other.entry.stored(j, role), np.empty(other.entry.stored(j, role).shape, np.float32))
+        full = other.gram(j, role).full()
+        lo = widen_bf16(full, np.empty(full.shape, np.float32))
     else:
         y = other.samples(j, role)
         lo = y @ y.T
