@@ -356,16 +356,27 @@ class ModelCache:
         log.warning("discarding cache entry %s: %s", path, why)
         shutil.rmtree(path, ignore_errors=True)
 
-    def get(self, model: Any, progress: Progress | None = None) -> CacheEntry:
-        """The entry of an opened :class:`awmtrace.pipeline.Model`, built (reading its weights) when missing or invalid."""
+    def _indexed(self, path: str | Path) -> tuple[Path, str | None]:
+        """The index file for the model at ``path`` (by its file identity) and the fingerprint it records, if any."""
         from awmtrace.store import model_fingerprint
 
-        identity = f"{model_fingerprint(model.source.path)}|{json.dumps(self.options, sort_keys=True)}"
-        index = self._index_file(identity)
+        index = self._index_file(f"{model_fingerprint(path)}|{json.dumps(self.options, sort_keys=True)}")
         try:
-            fp = json.loads(index.read_text(encoding="utf-8"))["content_fingerprint"]
+            return index, str(json.loads(index.read_text(encoding="utf-8"))["content_fingerprint"])
         except (OSError, ValueError, KeyError, TypeError):
-            fp = None
+            return index, None
+
+    def lookup(self, path: str | Path) -> CacheEntry | None:
+        """The valid entry of the local model at ``path`` found through the identity index alone (no weights opened), else ``None``."""
+        fp = self._indexed(path)[1]
+        entry = self.open(entry_key(fp, self.options)) if fp else None
+        if entry is not None:
+            entry.touch()
+        return entry
+
+    def get(self, model: Any, progress: Progress | None = None) -> CacheEntry:
+        """The entry of an opened :class:`awmtrace.pipeline.Model`, built (reading its weights) when missing or invalid."""
+        index, fp = self._indexed(model.source.path)
         entry = self.open(entry_key(fp, self.options)) if fp else None
         if entry is None:
             fp = content_fingerprint(model.source, tensors_read(model.view))

@@ -118,15 +118,30 @@ def _model_info(i: int, spec: str, entry: CacheEntry, uploaded: str | None) -> d
 
 
 def _extract(specs: Sequence[str], cache: ModelCache, eng: engine_mod.Engine, progress: Progress) -> list[dict[str, Any]]:
-    unique = list(dict.fromkeys(specs))
-    # Local paths made absolute for workers that run elsewhere; Hub ids pass as they are.
-    where = [str(Path(s).absolute()) if Path(s).exists() else s for s in unique]
-    jobs: list[engine_mod.Job] = [(engine_mod.extract_task, (w, str(cache.root), cache.limit_bytes)) for w in where]
+    from awmtrace.io.hub import snapshot_commit_date
+
     out: dict[str, dict[str, Any]] = {}
-    for done, (k, res) in enumerate(eng.run(jobs), 1):
-        out[unique[k]] = res
+    todo: list[str] = []
+    for s in dict.fromkeys(specs):
+        # A local model whose entry the identity index already points to needs no worker (nor its start-up).
+        entry = cache.lookup(s) if Path(s).exists() else None
+        if entry is None:
+            todo.append(s)
+        else:
+            out[s] = {
+                "key": entry.key,
+                "fingerprint": entry.fingerprint,
+                "built": 0,
+                "notes": [],
+                "uploaded": snapshot_commit_date(Path(s)),
+            }
+    # Local paths made absolute for workers that run elsewhere; Hub ids pass as they are.
+    where = [str(Path(s).absolute()) if Path(s).exists() else s for s in todo]
+    jobs: list[engine_mod.Job] = [(engine_mod.extract_task, (w, str(cache.root), cache.limit_bytes)) for w in where]
+    for k, res in eng.run(jobs):
+        out[todo[k]] = res
         cache.notes.extend(res.get("notes", []))
-        progress("reading models", done, len(jobs))
+        progress("reading models", len(out), len(set(specs)))
     return [out[s] for s in specs]
 
 
