@@ -196,3 +196,20 @@ def test_behind_a_real_layer_norm_rotations_are_not_function_preserving_but_gain
         r = results[name]
         assert r.function_preserving and r.check is not None and r.check.passed, r.check
         assert r.verdict == "related" and r.score > 0.99, (r.score, r.z)
+
+
+def test_matrix_of_real_models_matches_compare(smollm2: Path, smollm2_derived: Path, minilm: Path, tmp_path: Path) -> None:
+    from awmtrace.collections.matrix import matrix
+
+    models = [smollm2, smollm2_derived, minilm]
+    out = matrix(models, cache_dir=tmp_path / "cache")
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        want = compare(models[a], models[b], device="cpu").score
+        # bfloat16 Grams of real, heavy-tailed weights (Q4_1 dequantised): still far below any decision threshold
+        assert out.score[a][b] == pytest.approx(want, abs=2e-4), (a, b)
+    assert out.families == [[0, 1], [2]]
+    # The LAP proof needs the shared rows to be the base's whole vocabulary and every match clear of the bound: here
+    # 17 of SmolLM2's 49152 GGUF tokens have no match in the copy's tokenizer.json, so the full cosine matrix is used.
+    related = out.results[(0, 1)]
+    assert related["alignment"]["n_shared_tokens"] < 49152
+    assert not any("proven optimal" in n for n in related["alignment"]["quality"].get("notes", []))
