@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from awmtrace.core.align import CosineAccumulator, choose_alignment
-from awmtrace.core.certify import MARGIN, ColumnCosines, MatchedAccumulator, candidate, certified, may_certify
+from awmtrace.core.certify import (
+    MARGIN,
+    ColumnCosines,
+    MatchedAccumulator,
+    PairAccumulator,
+    abs_cosines,
+    candidate,
+    certified,
+    may_certify,
+    suspects,
+)
 
 
 def _embeddings(v: int, n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -25,20 +35,22 @@ def _cos64(a: np.ndarray) -> np.ndarray:
     return a.T @ a
 
 
-def test_column_cosines_is_the_largest_other_cosine_at_any_scale() -> None:
+def test_column_cosines_are_exact_at_any_scale_and_a_zero_column_bounds_nothing() -> None:
     rng = np.random.default_rng(0)
     e = (rng.standard_normal((300, 12)) + rng.standard_normal((300, 1))).astype(np.float32)
-    e[:, 3] = 0.0  # a zero column bounds nothing: 1
-    keep = np.arange(12) != 3
-    want = np.abs(_cos64(e[:, keep]))
+    want = np.abs(_cos64(e))
     np.fill_diagonal(want, 0.0)
     for scale in (1.0, 1e30, 1e-30):  # near the float32 limits a Gram would overflow or vanish without the block scaling
         cc = ColumnCosines(12)
         for start in range(0, 300, 64):
             cc.add(e[start : start + 64] * np.float32(scale))
-        got = cc.max_other()
-        assert got[3] == 1.0
-        assert got[keep] == pytest.approx(want.max(axis=0), abs=1e-5)
+        assert abs_cosines(cc.gram()) == pytest.approx(want, abs=1e-5)
+        assert cc.max_other() == pytest.approx(want.max(axis=0), abs=1e-5)
+    e[:, 3] = 0.0
+    cc = ColumnCosines(12)
+    cc.add(e)
+    cos = abs_cosines(cc.gram())
+    assert np.all(cos[3, np.arange(12) != 3] == 1.0) and np.all(cos[np.arange(12) != 3, 3] == 1.0) and cos[3, 3] == 0.0
 
 
 def _full(base: np.ndarray, other: np.ndarray, mode: str = "lap") -> object:
@@ -63,7 +75,9 @@ def test_a_certified_candidate_is_the_full_lap_solution(n: int, noise: float) ->
     matched, acc = _matched(base, other, cand)
     bound = ColumnCosines(n)
     bound.add(base)
-    assert certified(matched, cand, bound.max_other())
+    cos = abs_cosines(bound.gram())
+    i, j = suspects(matched, cand, cos)
+    assert certified(matched, cand, cos, _exact(base, other, i, j))
     full = _full(base, other)
     assert np.array_equal(full.index, cand)  # type: ignore[attr-defined]
     assert np.array_equal(full.signs, np.where(matched < 0, -1.0, 1.0))  # type: ignore[attr-defined]
@@ -102,7 +116,7 @@ def test_no_proof_for_unrelated_or_weakly_related_embeddings() -> None:
     matched, _ = _matched(base, other, index)
     bound = ColumnCosines(32)
     bound.add(base)
-    assert not may_certify(matched) and not certified(matched, index, bound.max_other())
+    assert not may_certify(matched) and not certified(matched, index, abs_cosines(bound.gram()))
 
 
 def test_a_wrong_candidate_is_never_certified() -> None:
@@ -112,8 +126,34 @@ def test_a_wrong_candidate_is_never_certified() -> None:
     matched, _ = _matched(base, other, wrong)
     bound = ColumnCosines(20)
     bound.add(base)
-    assert not certified(matched, wrong, bound.max_other())
-    assert not certified(*_matched(base, other, index)[:1], np.r_[index[:-1], index[0]], bound.max_other())  # not one-to-one
+    cos = abs_cosines(bound.gram())
+    i, j = suspects(matched, wrong, cos)
+    assert i.size and not certified(matched, wrong, cos, _exact(base, other, i, j))  # the swapped columns are suspects, and lose
+    assert not certified(*_matched(base, other, index)[:1], np.r_[index[:-1], index[0]], cos)  # not one-to-one
+
+
+def _exact(base: np.ndarray, other: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    acc = PairAccumulator(i, j, base.shape[1], other.shape[1], base.shape[0])
+    acc.add(base, other)
+    return acc.cosines()
+
+
+def test_near_parallel_columns_are_checked_exactly_not_given_up_on() -> None:
+    # Real embeddings have pairs of columns with |cos| near 1: the bound alone cannot separate them; the exact pass does.
+    base, other, index, _ = _embeddings(4000, 24, 0.05, seed=6)
+    rng = np.random.default_rng(6)
+    base[:, 1] = 0.95 * base[:, 0] + 0.31 * rng.standard_normal(4000).astype(np.float32)  # |cos| about 0.95
+    noise = 0.14 * rng.standard_normal((4000, 24)).astype(np.float32)  # matched cosines about 0.99
+    other = base[:, index] * np.where(rng.random(24) < 0.5, -1.0, 1.0).astype(np.float32) + noise
+    matched, _ = _matched(base, other, index)
+    bound = ColumnCosines(24)
+    bound.add(base)
+    cos = abs_cosines(bound.gram())
+    i, j = suspects(matched, index, cos)
+    assert i.size  # columns 0 and 1 cannot be told apart by the bound
+    assert not certified(matched, index, cos)  # nor without the exact check
+    assert certified(matched, index, cos, _exact(base, other, i, j))
+    assert np.array_equal(_full(base, other).index, index)  # type: ignore[attr-defined]
 
 
 def test_may_certify_threshold_is_where_the_bound_at_zero_meets_the_margin() -> None:

@@ -98,10 +98,10 @@ class Model:
     vocab: Vocab | None
     vocab_error: AwmError | None = None
     notes: list[str] = field(default_factory=list)
-    #: From a cache entry: gives ``(hidden,)`` the largest |cos| of each embedding column with any other over ``cosine_rows``
-    #: (sorted embedding rows its vocabulary covers); lets :func:`align_models` prove a LAP without the full matrix.
-    column_cosines: Callable[[], np.ndarray] | None = None
-    cosine_rows: np.ndarray | None = None
+    #: From a cache entry: given the embedding rows a pair shares, ``(hidden, hidden)`` |cos| between the embedding's
+    #: columns over exactly those rows (:func:`awmtrace.core.certify.abs_cosines`), or ``None`` when too costly; lets
+    #: :func:`align_models` prove a LAP without the full cosine matrix.
+    column_cosines: Callable[[np.ndarray], np.ndarray | None] | None = None
 
     def summary(self) -> dict[str, Any]:
         d = self.view.summary()
@@ -245,17 +245,12 @@ def _stream_rows(
     return t_read, t_cost
 
 
-def _certifiable(base: Model, ids_base: np.ndarray) -> bool:
-    """Whether the base carries the column-cosine bound over exactly the rows the pair shares (see :mod:`awmtrace.core.certify`)."""
-    rows = base.cosine_rows
-    return base.column_cosines is not None and rows is not None and ids_base.size == rows.size and np.array_equal(np.sort(ids_base), rows)
-
-
 def _certified(
     base: Model, other: Model, ids_base: np.ndarray, ids_other: np.ndarray, mode: str, progress: Progress
 ) -> AlignmentChoice | None:
-    """The LAP choice proven from a row sample and one matched pass (:mod:`awmtrace.core.certify`), or ``None``."""
+    """The LAP choice proven from a row sample and exact passes (:mod:`awmtrace.core.certify`), or ``None`` (then: the full path)."""
     total = ids_base.size
+    n_base, n_other = base.view.hidden_size, other.view.hidden_size
     positions = np.unique(np.linspace(0, total - 1, min(total, certify.SAMPLE_ROWS)).round().astype(np.int64))
     rb = base.source.row_reader(base.view.embedding.name)
     ro = other.source.row_reader(other.view.embedding.name)
@@ -264,20 +259,34 @@ def _certified(
     finally:
         rb.close()
         ro.close()
-    if index is None:
+    if index is None or base.column_cosines is None:
         return None
-    acc = certify.MatchedAccumulator(index, base.view.hidden_size, total)
+    acc = certify.MatchedAccumulator(index, n_base, total)
     _stream_rows(base, other, ids_base, ids_other, acc, progress)
     matched = acc.matched()
-    # The bound is only worth its cost (a pass over the base's embedding, once per model) when it can succeed.
-    if not certify.may_certify(matched) or base.column_cosines is None or not certify.certified(matched, index, base.column_cosines()):
+    # The base's column cosines cost a pass over its embedding (once per model): only worth it when a proof can succeed.
+    cosines = base.column_cosines(ids_base) if certify.may_certify(matched) else None
+    if cosines is None:
+        return None
+    i, j = certify.suspects(matched, index, cosines)
+    checked = None
+    if i.size > certify.MAX_SUSPECTS_PER_DIM * n_other:
+        return None
+    if i.size:
+        pairs = certify.PairAccumulator(i, j, n_base, n_other, total)
+        _stream_rows(base, other, ids_base, ids_other, pairs, progress)
+        checked = pairs.cosines()
+    if not certify.certified(matched, index, cosines, checked):
         return None
     signs = np.where(matched < 0, -1.0, 1.0).astype(np.float32)
     lap = AlignmentChoice("lap", index, signs, matched, None, {"lap": lap_quality(matched, index, acc.stats())}, "")
     settled = settled_by_lap(lap, mode)
     if settled is None:
         return None
-    note = "LAP proven optimal from a row sample and the exact matched cosines (the full cosine matrix was not needed)"
+    note = (
+        "LAP proven optimal from a row sample, the exact matched cosines and the base's column cosines"
+        f" ({i.size} near-parallel pair(s) checked exactly); the full cosine matrix was not needed"
+    )
     return replace(settled, notes=(*settled.notes, note))
 
 
@@ -304,7 +313,7 @@ def align_models(
     for m in (base, other):
         if m.view.layers:
             m.source.prefetch(attention_names(m, 0))
-    choice = _certified(base, other, ids_base, ids_other, mode, progress) if mode != "orthogonal" and _certifiable(base, ids_base) else None
+    choice = _certified(base, other, ids_base, ids_other, mode, progress) if mode != "orthogonal" and base.column_cosines else None
     t_read = t_cost = 0.0
     if choice is None:
         acc = CosineAccumulator(base.view.hidden_size, other.view.hidden_size, ids_base.size)

@@ -15,9 +15,8 @@ and the options that change what is extracted. It holds
   Gram, so that self terms need no pass;
 * ``embed.npy``: the token embedding ``(V, n)`` exactly as read (bf16 bits,
   float16 or float32), for the hidden-dimension alignment, and, once a pair
-  has needed it, ``colcos-<crc32>.npy``: ``(n,)`` the largest ``|cos|`` of
-  each of its columns with any other over the rows its vocabulary covers
-  (:func:`awmtrace.collections.extract.column_bound`);
+  has needed it, ``colgram-<crc32>.npy``: ``(n, n)`` float64 ``E'E`` over the
+  rows its vocabulary covers (:func:`awmtrace.collections.extract.column_gram`);
 * ``vocab.json``: the normalised vocabulary; ``manifest.json``: the model's
   description, and the size, modification time and CRC-32 of every file
   (per layer for ``q.npy``/``k.npy``).

@@ -25,12 +25,12 @@ import numpy as np
 from awmtrace._version import __version__
 from awmtrace.collections import cache as cache_mod
 from awmtrace.core import cka
-from awmtrace.core.certify import ColumnCosines
+from awmtrace.core.certify import ColumnCosines, abs_cosines
 from awmtrace.core.packed import BLOCK_ROWS, pack_gram, packed_size, round_bf16, widen_bf16
 from awmtrace.extract import AlignedReader
 from awmtrace.types import Alignment
 
-__all__ = ["write_entry", "model_card", "vocab_rows"]
+__all__ = ["write_entry", "model_card", "vocab_rows", "column_gram", "column_cosines"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -67,14 +67,19 @@ def _write_embedding(model: Any, path: Path) -> dict[str, Any]:
     return {"file": path.name, "dtype": kind, "shape": list(shape)}
 
 
-def column_bound(entry: Any) -> np.ndarray:
-    """The column-cosine bound of a cached model (:mod:`awmtrace.core.certify`) over its vocabulary's rows.
+#: A pair's shared tokens may leave out at most this many of the base's vocabulary rows for the base's column
+#: cosines to be corrected (a rank update per missing row); with more, the alignment takes the full path.
+MAX_MISSING_ROWS = 1024
 
-    Computed from the cached embedding the first time a pair needs it (a SYRK over the rows, ``V n^2``
-    flops) and kept beside the entry as ``colcos-<crc32>.npy``, written atomically and checked against
-    the checksum in its name when read back; a cache that cannot be written only loses the copy.
+
+def column_gram(entry: Any) -> np.ndarray:
+    """``(n, n)`` float64 ``E'E`` of a cached model's embedding over the rows its vocabulary covers.
+
+    Computed from the cached embedding the first time a pair needs it (a SYRK over the rows, ``V n^2`` flops)
+    and kept beside the entry as ``colgram-<crc32>.npy``, written atomically and checked against the
+    checksum in its name when read back; a cache that cannot be written only loses the copy.
     """
-    for path in sorted(entry.path.glob("colcos-*.npy")):
+    for path in sorted(entry.path.glob("colgram-*.npy")):
         try:
             if f"{cache_mod._crc_file(path):08x}" == path.stem.split("-", 1)[1]:
                 return np.asarray(np.load(path), dtype=np.float64)
@@ -84,18 +89,38 @@ def column_bound(entry: Any) -> np.ndarray:
     emb = entry.embedding()
     covered = np.zeros(emb.shape[0], dtype=bool)
     covered[vocab_rows(entry.vocab(), emb.shape[0])] = True
-    cosines = ColumnCosines(emb.shape[1])
+    acc = ColumnCosines(emb.shape[1])
     for start in range(0, emb.shape[0], cache_mod._EMBED_BLOCK):
         stop = min(start + cache_mod._EMBED_BLOCK, emb.shape[0])
-        cosines.add(entry.embedding_to_float32(emb[start:stop][covered[start:stop]]))
-    bound = cosines.max_other()
+        acc.add(entry.embedding_to_float32(emb[start:stop][covered[start:stop]]))
+    gram = acc.gram()
     try:
-        tmp = entry.path / f".colcos.{os.getpid()}.npy"
-        np.save(tmp, bound)
-        os.replace(tmp, entry.path / f"colcos-{cache_mod._crc_file(tmp):08x}.npy")
+        tmp = entry.path / f".colgram.{os.getpid()}.npy"
+        np.save(tmp, gram)
+        os.replace(tmp, entry.path / f"colgram-{cache_mod._crc_file(tmp):08x}.npy")
     except OSError:
         pass  # a read-only cache: recomputed next time
-    return bound
+    return gram
+
+
+def column_cosines(entry: Any, ids: np.ndarray) -> np.ndarray | None:
+    """``(n, n)`` |cos| between a cached embedding's columns over exactly the rows ``ids`` (:func:`~awmtrace.core.certify.abs_cosines`).
+
+    From :func:`column_gram` less the rows of its vocabulary that ``ids`` leaves out; ``None`` when ``ids`` holds a
+    row outside the vocabulary or leaves out more than :data:`MAX_MISSING_ROWS`.
+    """
+    emb = entry.embedding()
+    rows = vocab_rows(entry.vocab(), emb.shape[0])
+    shared = np.unique(np.asarray(ids, dtype=np.int64))
+    missing = np.setdiff1d(rows, shared, assume_unique=True)
+    if missing.size > MAX_MISSING_ROWS or np.setdiff1d(shared, rows, assume_unique=True).size:
+        return None
+    gram = column_gram(entry)
+    if missing.size:
+        left_out = entry.embedding_to_float32(emb[missing]).astype(np.float64)
+        gram = gram - left_out.T @ left_out
+    # A column that is zero on these rows bounds nothing (and the alignment refuses it): no proof.
+    return abs_cosines(gram) if bool(np.all(np.diag(gram) > 0.0)) else None
 
 
 #: A role is cached as its samples ``X = W'`` ``(n, d_out)`` instead of its Gram when ``FEATURE_RATIO * d_out <= n``

@@ -26,7 +26,7 @@ from scipy.linalg.blas import sgemv
 
 from awmtrace._version import __version__
 from awmtrace.collections.cache import CacheEntry
-from awmtrace.collections.extract import column_bound, vocab_rows
+from awmtrace.collections.extract import column_cosines
 from awmtrace.core import cka, stats
 from awmtrace.core.align import match_layers
 from awmtrace.core.cka import cka_from_terms
@@ -91,8 +91,7 @@ def cached_model(entry: CacheEntry, spec: str | None = None) -> Any:
         view=entry.view(),
         vocab=vocab,
         vocab_error=VocabularyError(err) if err else None,
-        column_cosines=lambda: column_bound(entry),
-        cosine_rows=vocab_rows(vocab, int(entry.manifest["embedding"]["shape"][0])),
+        column_cosines=lambda ids: column_cosines(entry, ids),
     )
 
 

@@ -17,13 +17,15 @@ less:
    and ``r_j`` a unit vector orthogonal to ``a^_k``. For any other base
    column ``i``, ``|cos(b_j, a_i)| <= |c_j| g + s_j sqrt(1 - g^2)`` with
    ``g = |cos(a_i, a_k)|``, and the right side grows with ``g`` while
-   ``g < |c_j|``. So with ``g_k`` the largest ``|cos|`` between base column
-   ``k`` and any other base column (:class:`ColumnCosines`, a property of the
-   base model alone, computed once per model), ``|c_j| g_k + s_j sqrt(1 - g_k^2)
-   < |c_j|`` proves ``a_k`` the strict row-wise best match of ``b_j``. When
-   that holds for every ``j`` and ``m`` is one-to-one, ``m`` reaches every
-   row's minimum of ``1 - |cos|``: it is the unique LAP optimum, the very
-   assignment the full matrix gives (:func:`certified`).
+   ``g < |c_j|``. The base's own column cosines ``g`` (:class:`ColumnCosines`,
+   a property of the base model alone, computed once per model) thus rule out
+   every other column ``i`` whose bound falls below ``|c_j|``; the few that
+   remain, columns nearly parallel to ``a_k`` (:func:`suspects`), get their
+   exact cosine with ``b_j`` from a second pass over just those pairs
+   (:class:`PairAccumulator`). When every other column is ruled out for every
+   ``j`` and ``m`` is one-to-one, ``m`` reaches every row's minimum of
+   ``1 - |cos|``: it is the unique LAP optimum, the very assignment the full
+   matrix gives (:func:`certified`).
 
 The proof is required to hold with :data:`MARGIN` to spare, far above the
 float32 rounding of either computation, so the full matrix's rounding cannot
@@ -41,7 +43,18 @@ from scipy.linalg.blas import sgemm, ssyrk
 from awmtrace.core.align import CosineAccumulator
 from awmtrace.errors import NumericalError
 
-__all__ = ["ColumnCosines", "MatchedAccumulator", "candidate", "certified", "may_certify", "MARGIN", "SAMPLE_ROWS"]
+__all__ = [
+    "ColumnCosines",
+    "MatchedAccumulator",
+    "PairAccumulator",
+    "abs_cosines",
+    "candidate",
+    "certified",
+    "may_certify",
+    "suspects",
+    "MARGIN",
+    "SAMPLE_ROWS",
+]
 
 #: How far (in cosine) every proven best match must beat the bound on all others.
 MARGIN = 0.01
@@ -80,47 +93,77 @@ class ColumnCosines:
         self._gram += np.asarray(block, dtype=np.float64) * (4.0**exp)
         self.n_rows += rows.shape[0]
 
-    def max_other(self) -> np.ndarray:
-        """``(n,)`` float64: for each column, the largest ``|cos|`` with another column (1 where a column is zero)."""
+    def gram(self) -> np.ndarray:
+        """``(n, n)`` float64 ``E'E`` over the rows added, both triangles."""
         upper = np.triu(self._gram)
-        diag = np.diag(upper).copy()
-        full = upper + np.triu(upper, 1).T
-        norms = np.sqrt(np.maximum(diag, 0.0))
-        zero = norms == 0.0
-        norms[zero] = 1.0
-        cos = np.abs(full / norms[:, None] / norms[None, :])
-        np.fill_diagonal(cos, 0.0)
-        out = cos.max(axis=0) if self.n > 1 else np.zeros(self.n)
-        out[zero] = 1.0
-        return np.minimum(out, 1.0)
+        return upper + np.triu(upper, 1).T
+
+    def max_other(self) -> np.ndarray:
+        """``(n,)``: for each column, the largest ``|cos|`` with another column (1 where a column is zero)."""
+        return abs_cosines(self.gram()).max(axis=0) if self.n > 1 else np.zeros(self.n)
 
 
-class MatchedAccumulator(CosineAccumulator):
-    """A :class:`CosineAccumulator` that sums only the matched products ``sum_r b[r, j] a[r, index[j]]``.
+def abs_cosines(gram: np.ndarray) -> np.ndarray:
+    """``(n, n)`` float32 ``|cos|`` between columns from their Gram ``E'E``, zero diagonal; a zero column's row and column are 1.
 
-    Same streaming, scaling and column statistics (``stats()``), ``2 t n_other``
-    flops per block instead of ``2 t n_other n_base``; :meth:`matched` gives the
-    ``(n_other,)`` exact cosines of the candidate.
+    (A zero column bounds nothing; the alignment refuses such an embedding anyway.)
+    """
+    gram = np.asarray(gram, dtype=np.float64)
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    zero = norms == 0.0
+    norms[zero] = 1.0
+    cos = np.abs(gram / norms[:, None] / norms[None, :]).astype(np.float32)
+    np.minimum(cos, 1.0, out=cos)
+    cos[zero, :] = 1.0
+    cos[:, zero] = 1.0
+    np.fill_diagonal(cos, 0.0)
+    return cos
+
+
+class PairAccumulator(CosineAccumulator):
+    """A :class:`CosineAccumulator` that sums only chosen products ``sum_r b[r, other_cols[p]] a[r, base_cols[p]]``.
+
+    Same streaming, scaling and column statistics (``stats()``), ``2 t P`` flops per block for ``P``
+    pairs instead of ``2 t n_other n_base``; :meth:`cosines` gives their ``(P,)`` exact cosines.
     """
 
-    def __init__(self, index: np.ndarray, n_base: int, n_rows_total: int | None = None) -> None:
-        self.index = np.asarray(index, dtype=np.int64)
-        self._identity = self.index.size == n_base and bool(np.array_equal(self.index, np.arange(n_base)))
-        super().__init__(n_base, int(self.index.size), n_rows_total)
+    def __init__(self, base_cols: np.ndarray, other_cols: np.ndarray, n_base: int, n_other: int, n_rows_total: int | None = None) -> None:
+        self.base_cols = np.asarray(base_cols, dtype=np.int64)
+        self.other_cols = np.asarray(other_cols, dtype=np.int64)
+        ident = np.arange(self.other_cols.size)
+        self._plain = (
+            self.base_cols.size == n_base and bool(np.array_equal(self.base_cols, ident)),
+            self.other_cols.size == n_other and bool(np.array_equal(self.other_cols, ident)),
+        )
+        super().__init__(n_base, n_other, n_rows_total)
 
     def _new_cross(self) -> np.ndarray:
-        return np.zeros(self.n_other, dtype=np.float64)
+        return np.zeros(self.base_cols.size, dtype=np.float64)
 
     def _add_cross(self, rb: np.ndarray, ro: np.ndarray) -> None:
         # float32 within a block (at most a few thousand terms), float64 across blocks.
-        self._cross += np.einsum("ij,ij->j", rb if self._identity else np.take(rb, self.index, axis=1), ro)
+        b = rb if self._plain[0] else np.take(rb, self.base_cols, axis=1)
+        o = ro if self._plain[1] else np.take(ro, self.other_cols, axis=1)
+        self._cross += np.einsum("ij,ij->j", b, o)
 
-    def matched(self) -> np.ndarray:
-        norm_o = np.sqrt(self._other.sq)
-        norm_b = np.sqrt(self._base.sq[self.index])
+    def cosines(self) -> np.ndarray:
+        """``(P,)`` float64 cosines of the chosen pairs."""
+        norm_o = np.sqrt(self._other.sq[self.other_cols])
+        norm_b = np.sqrt(self._base.sq[self.base_cols])
         if (norm_o == 0).any() or (norm_b == 0).any():
             raise NumericalError("a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned")
         return np.asarray(self._cross / norm_o / norm_b, dtype=np.float64)
+
+
+class MatchedAccumulator(PairAccumulator):
+    """The pairs of a candidate assignment: other dimension ``j`` with base dimension ``index[j]``; :meth:`matched` their cosines."""
+
+    def __init__(self, index: np.ndarray, n_base: int, n_rows_total: int | None = None) -> None:
+        index = np.asarray(index, dtype=np.int64)
+        super().__init__(index, np.arange(index.size), n_base, index.size, n_rows_total)
+
+    def matched(self) -> np.ndarray:
+        return self.cosines()
 
 
 def candidate(sample_base: np.ndarray, sample_other: np.ndarray) -> np.ndarray | None:
@@ -144,8 +187,12 @@ def candidate(sample_base: np.ndarray, sample_other: np.ndarray) -> np.ndarray |
     return index if float(sampled.min()) >= SAMPLE_MIN_COS else None
 
 
+#: At most this many suspect pairs per dimension are checked exactly; more means the candidate is no clear answer.
+MAX_SUSPECTS_PER_DIM = 8
+
+
 def may_certify(matched: np.ndarray, margin: float = MARGIN) -> bool:
-    """Whether :func:`certified` can succeed for these matched cosines whatever the bound.
+    """Whether :func:`certified` can succeed for these matched cosines whatever the base's column cosines.
 
     The bound is at least ``sqrt(1 - c^2)`` (at ``g = 0``), so every ``|c|`` must exceed the
     solution of ``sqrt(1 - c^2) = c - margin``.
@@ -154,16 +201,37 @@ def may_certify(matched: np.ndarray, margin: float = MARGIN) -> bool:
     return bool(matched.size) and float(np.min(np.abs(matched))) > c_min
 
 
-def certified(matched: np.ndarray, index: np.ndarray, max_other: np.ndarray, margin: float = MARGIN) -> bool:
+def suspects(matched: np.ndarray, index: np.ndarray, cosines: np.ndarray, margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Base columns ``i`` the bound cannot rule out as better matches of other column ``j``: ``(i, j)`` index arrays.
+
+    ``matched``: ``(n_other,)`` exact cosines of the candidate ``index``; ``cosines``: ``(n_base, n_base)``
+    :func:`abs_cosines` of the base over the same rows.
+    """
+    c = np.abs(matched).astype(np.float32)
+    s = np.sqrt(np.maximum(1.0 - c * c, 0.0))
+    g = np.take(cosines, index, axis=1)  # (n_base, n_other): |cos(a_i, a_k(j))|
+    bound = g * c[None, :]
+    bound += s[None, :] * np.sqrt(np.maximum(1.0 - g * g, 0.0))
+    open_ = (g >= c[None, :]) | (bound >= (c - margin)[None, :])
+    open_[index, np.arange(index.size)] = False  # the match itself
+    i, j = np.nonzero(open_)
+    return i.astype(np.int64), j.astype(np.int64)
+
+
+def certified(
+    matched: np.ndarray, index: np.ndarray, cosines: np.ndarray, checked: np.ndarray | None = None, margin: float = MARGIN
+) -> bool:
     """Whether ``index`` is proven the unique LAP optimum (module docstring, step 3).
 
-    ``matched``: ``(n_other,)`` exact cosines of the candidate; ``max_other``: ``(n_base,)``
-    :meth:`ColumnCosines.max_other` of the base over the same rows.
+    ``matched``: ``(n_other,)`` exact cosines of the candidate; ``cosines``: the base's
+    :func:`abs_cosines` over the same rows; ``checked``: exact cosines of the :func:`suspects` pairs,
+    in their order (needed when there are any).
     """
-    if np.unique(index).size != index.size:
+    if np.unique(index).size != index.size or not may_certify(matched, margin):
         return False
-    c = np.abs(matched)
-    g = max_other[index]
-    s = np.sqrt(np.maximum(1.0 - c * c, 0.0))
-    bound = c * g + s * np.sqrt(np.maximum(1.0 - g * g, 0.0))
-    return bool(np.all((g < c) & (bound < c - margin)))
+    i, j = suspects(matched, index, cosines, margin)
+    if i.size == 0:
+        return True
+    if checked is None or checked.shape != i.shape:
+        return False
+    return bool(np.all(np.abs(checked) < np.abs(matched[j]) - margin))
