@@ -71,7 +71,7 @@ __all__ = [
 log = logging.getLogger("awmtrace")
 
 #: Layout version of an entry; entries of another layout are rebuilt.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 #: Default size limit of a cache folder.
 DEFAULT_LIMIT_BYTES = 64 << 30
 _MANIFEST = "manifest.json"
