@@ -2,7 +2,8 @@
 
 The alignment is the pipeline's own (:func:`awmtrace.pipeline.align_models`)
 run on the cached embeddings and vocabularies, so it follows the same rules
-as ``awm compare``; the cached column-cosine bound lets it prove a related
+as ``awm compare``; the base's column cosines, computed once per model
+(:func:`awmtrace.collections.extract.column_gram`), let it prove a related
 pair's assignment without the full cosine matrix (:mod:`awmtrace.core.certify`).
 The base (wider) model's Gram is aligned by gathering rows and columns
 (rectangular when widths differ), the other model's by its signs (``D L D``),

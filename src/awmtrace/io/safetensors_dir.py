@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes  # also registers numpy's 'bfloat16' dtype, which safetensors' numpy reader looks up by name
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
@@ -40,9 +39,20 @@ __all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path", "shard_name"]
 INDEX_NAME = "model.safetensors.index.json"
 
 
+def bfloat16() -> Any:
+    """``ml_dtypes.bfloat16``, imported on first use: the import takes about a second, which every command would pay.
+
+    Importing it also registers numpy's ``'bfloat16'`` dtype, which safetensors' numpy reader looks up by name.
+    """
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
 def _open(path: Path):  # returns safe_open's handle, whose type is private
     # Open it ourselves first: refuses FIFOs without blocking and says "permission denied" with the path.
     open_regular(path, "safetensors file").close()
+    bfloat16()  # before safetensors reads a bf16 tensor
     try:
         return safe_open(str(path), framework="numpy")
     except OSError as exc:
@@ -226,7 +236,7 @@ class SafetensorsSource(TensorSource):
             # mapped pages in RSS and no per-page faults.
             stored = read_raw_into(layout, np.empty(layout.shape, dtype=RAW_DTYPES[layout.dtype]))
             if layout.dtype == "BF16":
-                stored = stored.view(ml_dtypes.bfloat16)
+                stored = stored.view(bfloat16())
             return RowReader(stored, lambda block: block, f"{file}: tensor {name!r}")
         with _open(file) as handle:
             try:

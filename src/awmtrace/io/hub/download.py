@@ -207,6 +207,10 @@ def _verify(hub: HubSession, plan: FilePlan, part: Path, digest: str, state_file
         return _verify_whole(where, plan.remote.etag or "", part, digest, state_file)
     from safetensors import SafetensorError, safe_open
 
+    from awmtrace.io.safetensors_dir import bfloat16
+
+    bfloat16()  # registers the dtype safetensors' numpy reader looks up
+
     try:
         with safe_open(str(part), framework="numpy") as handle:
             names = set(handle.keys())
