@@ -112,7 +112,9 @@ def abs_cosines(gram: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
     zero = norms == 0.0
     norms[zero] = 1.0
-    cos = np.abs(gram / norms[:, None] / norms[None, :]).astype(np.float32)
+    scaled = np.divide(gram, norms[:, None])
+    scaled /= norms[None, :]
+    cos = np.abs(scaled, out=scaled).astype(np.float32)
     np.minimum(cos, 1.0, out=cos)
     cos[zero, :] = 1.0
     cos[:, zero] = 1.0
@@ -209,13 +211,19 @@ def suspects(matched: np.ndarray, index: np.ndarray, cosines: np.ndarray, margin
     """
     c = np.abs(matched).astype(np.float32)
     s = np.sqrt(np.maximum(1.0 - c * c, 0.0))
-    g = np.take(cosines, index, axis=1)  # (n_base, n_other): |cos(a_i, a_k(j))|
+    # First with each base column's largest cosine (the bound grows with g): most dimensions are settled here.
+    g_max = cosines.max(axis=0)[index]
+    need = np.nonzero((g_max >= c) | (c * g_max + s * np.sqrt(np.maximum(1.0 - g_max * g_max, 0.0)) >= c - margin))[0]
+    if need.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    c, s = c[need], s[need]
+    g = np.take(cosines, index[need], axis=1)  # (n_base, len(need)): |cos(a_i, a_k(j))|
     bound = g * c[None, :]
     bound += s[None, :] * np.sqrt(np.maximum(1.0 - g * g, 0.0))
     open_ = (g >= c[None, :]) | (bound >= (c - margin)[None, :])
-    open_[index, np.arange(index.size)] = False  # the match itself
-    i, j = np.nonzero(open_)
-    return i.astype(np.int64), j.astype(np.int64)
+    open_[index[need], np.arange(need.size)] = False  # the match itself
+    i, jj = np.nonzero(open_)
+    return i.astype(np.int64), need[jj].astype(np.int64)
 
 
 def certified(
