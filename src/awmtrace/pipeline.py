@@ -298,8 +298,9 @@ def align_models(
     ``align``: ``auto`` (LAP unless the embeddings show a rotated copy, see
     :func:`awmtrace.core.align.choose_alignment`), ``lap``, ``orthogonal``, or
     ``ids`` (token rows matched by id, dimensions as in ``auto``). When the base
-    carries its column-cosine bound (cached models), a LAP that the bound proves
-    optimal is found without the full cosine matrix, with the same result.
+    carries its column cosines (cached models), a LAP proven optimal from them
+    (:mod:`awmtrace.core.certify`) is found without the full cosine matrix, with
+    the same result.
     """
     progress = progress or _no_progress
     tokens, mode = _parse_align(align)

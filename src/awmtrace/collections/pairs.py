@@ -44,13 +44,10 @@ Progress = Callable[[str, int, int], None]
 
 def default_threads() -> int:
     """Threads a pair uses by default: ``AWMTRACE_THREADS`` (a worker's share, set by the local engine), else every CPU."""
+    from awmtrace.collections.engine import available_cpus
+
     share = os.environ.get("AWMTRACE_THREADS", "")
-    if share.isdigit() and int(share) > 0:
-        return int(share)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return int(share) if share.isdigit() and int(share) > 0 else available_cpus()
 
 
 class CachedSource(TensorSource):
