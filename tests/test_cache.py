@@ -264,3 +264,16 @@ def test_large_files_are_trusted_while_unchanged_and_verified_on_demand(three: l
     os.utime(q)  # a time that differs from the manifest's: now every open checks the checksums
     cache = ModelCache(tmp_path)
     assert cache.open(entry.name) is None and any("checksum" in n for n in cache.notes)
+
+
+def test_weights_at_the_float32_limits_are_cached_and_scored(tmp_path: Path) -> None:
+    import dataclasses
+
+    from awmtrace import compare
+
+    base = synth.random_llama(hidden=256, n_layers=2, n_kv_heads=1, seed=0)  # Q cached as a Gram, K as samples
+    huge = dataclasses.replace(base, q=[q * np.float32(1e25) for q in base.q], k=[k * np.float32(1e25) for k in base.k])
+    paths = [synth.write_hf(m, tmp_path / name) for m, name in ((base, "base"), (huge, "huge"))]
+    out = matrix(paths, cache_dir=tmp_path / "c")
+    assert out.score[0][1] == pytest.approx(compare(*paths, device="cpu").score, abs=1e-4)
+    assert out.score[0][1] > 0.999

@@ -12,6 +12,7 @@ count in this process's memory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import zlib
@@ -163,6 +164,11 @@ def _packed_samples(x: np.ndarray, out: np.ndarray, stats: np.ndarray) -> None:
 
     That norm is unchanged by the row permutations and signs of an alignment, so a pair need not recompute the ``(p, p)`` product.
     """
+    # UCKA is scale-invariant: an exact power of two brings the largest value near 1, so that X'X stays within float32
+    # whatever the weights' scale (bfloat16 rounding commutes with it).
+    peak = float(np.max(np.abs(x), initial=0.0))
+    if peak > 0.0:
+        x = x * np.float32(2.0 ** -math.frexp(peak)[1])
     round_bf16(x, out, np.empty(x.shape, dtype=np.uint32))
     wide = widen_bf16(out, np.empty(x.shape, dtype=np.float32))
     upper = cka._syrk_upper(wide, trans=1)  # (p, p) upper triangle of X'X (scipy's BLAS, as the Grams)
