@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy.linalg.blas import sgemv
 
 from awmtrace._version import __version__
 from awmtrace.collections.cache import CacheEntry
@@ -202,24 +201,9 @@ def _feature_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float
     """UCKA of two feature-form roles, in feature space; ``||X'X||`` from the cache where the alignment keeps it."""
     xb, xo = base.samples(i, role), other.samples(j, role)
     keeps = base.rotation is None and base.permutation
-    tb = _feature_terms(xb, base.entry.stats(i, role)[0][0] if keeps else None)
-    to = _feature_terms(xo, other.entry.stats(j, role)[0][0])
+    tb = cka.feature_terms(xb, base.entry.stats(i, role)[0][0] if keeps else None)
+    to = cka.feature_terms(xo, other.entry.stats(j, role)[0][0])
     return cka.cka_from_terms(cka.hsic_from_feature_terms(tb, to), tb.self_hsic, to.self_hsic)
-
-
-def _feature_terms(x: np.ndarray, xtx_sq: float | None) -> cka.FeatureTerms:
-    """:func:`awmtrace.core.cka.feature_terms` of ``x`` ``(n, p)``, taking ``||X'X||_F^2`` from the cache when given."""
-    if xtx_sq is None:
-        return cka.feature_terms(x)
-    n = x.shape[0]
-    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    cols = x.sum(axis=0, dtype=np.float64)
-    # scipy's BLAS, as core.cka uses: numpy and scipy each bundle an OpenBLAS, and alternating between
-    # their thread pools leaves one spinning while the other works.
-    rows = np.asarray(sgemv(1.0, x.T, cols.astype(np.float32), trans=1), dtype=np.float64) - sq
-    total = float(cols @ cols - sq.sum())
-    self_hsic = _hsic(xtx_sq - float(sq @ sq), total, total, float(rows @ rows), n)
-    return cka.FeatureTerms(x=x, sq_norms=sq, row_sums=rows, total=total, self_hsic=self_hsic)
 
 
 def _ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:

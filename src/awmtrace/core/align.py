@@ -55,6 +55,8 @@ __all__ = [
     "ORTH_MIN_ROWS_PER_DIM",
 ]
 
+#: The error for an embedding column that is zero on the shared rows (no cosine exists).
+ZERO_COLUMN = "a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned"
 #: Dimension-alignment modes :func:`choose_alignment` takes.
 ALIGN_MODES = ("auto", "lap", "orthogonal")
 #: ``auto`` stops at the LAP when its quality reaches this: a signed permutation already explains the embeddings.
@@ -225,7 +227,7 @@ class CosineAccumulator:
         norm_o = np.sqrt(self._other.sq)
         norm_b = np.sqrt(self._base.sq)
         if (norm_o == 0).any() or (norm_b == 0).any():
-            raise NumericalError("a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned")
+            raise NumericalError(ZERO_COLUMN)
         cos = self._cross
         cos /= norm_o[:, None].astype(np.float32)
         cos /= norm_b[None, :].astype(np.float32)

@@ -40,7 +40,7 @@ import math
 import numpy as np
 from scipy.linalg.blas import sgemm, ssyrk
 
-from awmtrace.core.align import CosineAccumulator
+from awmtrace.core.align import ZERO_COLUMN, CosineAccumulator
 from awmtrace.errors import NumericalError
 
 __all__ = [
@@ -153,7 +153,7 @@ class PairAccumulator(CosineAccumulator):
         norm_o = np.sqrt(self._other.sq[self.other_cols])
         norm_b = np.sqrt(self._base.sq[self.base_cols])
         if (norm_o == 0).any() or (norm_b == 0).any():
-            raise NumericalError("a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned")
+            raise NumericalError(ZERO_COLUMN)
         return np.asarray(self._cross / norm_o / norm_b, dtype=np.float64)
 
 

@@ -295,11 +295,15 @@ class FeatureTerms:
         return int(self.x.shape[0])
 
 
-def feature_terms(x: np.ndarray) -> FeatureTerms:
-    """Feature-space terms of ``x``: ``(n, p)`` samples x features (float32)."""
+def feature_terms(x: np.ndarray, xtx_sq: float | None = None) -> FeatureTerms:
+    """Feature-space terms of ``x``: ``(n, p)`` samples x features (float32).
+
+    ``xtx_sq``: ``||X'X||_F^2`` when already known (a cache keeps it: row permutations and signs do not
+    change it), which saves the ``(p, p)`` product; ignored when ``x`` has to be rescaled.
+    """
     x = _check_samples(x, "X")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below and undone by rescaling
-        terms = _feature_terms(x)
+        terms = _feature_terms(x, xtx_sq)
     if float32_out_of_range(float(terms.sq_norms.max())):
         scaled = _rescaled(x)
         if scaled is not None:
@@ -307,7 +311,7 @@ def feature_terms(x: np.ndarray) -> FeatureTerms:
     return terms
 
 
-def _feature_terms(x: np.ndarray) -> FeatureTerms:
+def _feature_terms(x: np.ndarray, xtx_sq: float | None = None) -> FeatureTerms:
     n = x.shape[0]
     sq_norms = np.einsum("ij,ij->i", x, x).astype(np.float64)
     col_sums = x.sum(axis=0, dtype=np.float64)
@@ -316,9 +320,11 @@ def _feature_terms(x: np.ndarray) -> FeatureTerms:
     # between them leaves one pool spinning while the other works.
     row_sums = sgemv(1.0, np.asfortranarray(x), col_sums.astype(np.float32)).astype(np.float64) - sq_norms
     total = float(col_sums @ col_sums - sq_norms.sum())
-    xtx = _syrk_upper(x, trans=1)  # (p, p) upper triangle of X'X
-    diag = np.einsum("ii->i", xtx).astype(np.float64)
-    tr_kk = 2.0 * _rowwise_dot64(xtx, xtx) - float(diag @ diag) - float(sq_norms @ sq_norms)
+    if xtx_sq is None:
+        xtx = _syrk_upper(x, trans=1)  # (p, p) upper triangle of X'X
+        diag = np.einsum("ii->i", xtx).astype(np.float64)
+        xtx_sq = 2.0 * _rowwise_dot64(xtx, xtx) - float(diag @ diag)
+    tr_kk = xtx_sq - float(sq_norms @ sq_norms)
     self_hsic = hsic_from_sums(tr_kk, total, total, float(row_sums @ row_sums), n)
     return FeatureTerms(x=x, sq_norms=sq_norms, row_sums=row_sums, total=total, self_hsic=self_hsic)
 

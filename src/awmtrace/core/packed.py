@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from awmtrace.core.cka import _rowwise_dot64
+
 __all__ = ["CrossTerms", "PackedGram", "PackedStats", "gathered_cross", "pack_gram", "packed_size", "round_bf16", "sign_bits", "widen_bf16"]
 
 #: Rows of a Gram handled at a time: 64 rows of a 4096-wide float32 matrix are 1 MiB, so the several passes
@@ -153,13 +155,8 @@ def pack_gram(upper: np.ndarray, out: np.ndarray, block: int = BLOCK_ROWS) -> Pa
         w = t.view(np.float32)
         rows[r0:r1] += w.sum(axis=1, dtype=np.float64)
         rows[:r1] += w.sum(axis=0, dtype=np.float64)
-        sumsq += 2.0 * _dot64(w, w)
+        sumsq += 2.0 * _rowwise_dot64(w, w)
     return PackedStats(rows=rows, total=float(rows.sum()), sumsq=sumsq)
-
-
-def _dot64(a: np.ndarray, b: np.ndarray) -> float:
-    """``sum(a * b)`` of two same-shape float32 blocks: float32 within a row, float64 across rows."""
-    return float(np.einsum("ij,ij->i", a, b).sum(dtype=np.float64))
 
 
 def _add_block_stats(kb: np.ndarray, r0: int, rows: np.ndarray, signs: np.ndarray | None) -> float:
@@ -173,7 +170,7 @@ def _add_block_stats(kb: np.ndarray, r0: int, rows: np.ndarray, signs: np.ndarra
         kb *= signs[None, :r1]
     rows[r0:r1] += kb.sum(axis=1, dtype=np.float64)
     rows[:r0] += kb[:, :r0].sum(axis=0, dtype=np.float64)
-    return 2.0 * _dot64(kb[:, :r0], kb[:, :r0]) + _dot64(kb[:, r0:], kb[:, r0:])
+    return 2.0 * _rowwise_dot64(kb[:, :r0], kb[:, :r0]) + _rowwise_dot64(kb[:, r0:], kb[:, r0:])
 
 
 @dataclass(frozen=True)
@@ -255,7 +252,7 @@ def gathered_cross(
         kb = widen_bf16(g, wide_b[: m * r1].reshape(m, r1))
         lo = widen_bf16(lo_bits, wide_o[: m * r1].reshape(m, r1))
         # The strict lower part (columns left of the block) counts twice, the diagonal square (both triangles) once.
-        trace += 2.0 * _dot64(kb[:, :r0], lo[:, :r0]) + _dot64(kb[:, r0:], lo[:, r0:])
+        trace += 2.0 * _rowwise_dot64(kb[:, :r0], lo[:, :r0]) + _rowwise_dot64(kb[:, r0:], lo[:, r0:])
         if rows is not None:
             sumsq += _add_block_stats(kb, r0, rows, s32)
         if other_rows is not None and s32 is not None:
