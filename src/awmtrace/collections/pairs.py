@@ -150,24 +150,31 @@ class _Side:
         return PackedGram(bits, n), st.rows, st.total, st.sumsq
 
 
-def _gram_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
-    """UCKA of the Grams of base layer ``i`` and other layer ``j``."""
+def _gram_row(base: _Side, other: _Side, i: int, js: list[int], role: int) -> list[float]:
+    """UCKA of the Gram of base layer ``i`` with those of other layers ``js``; the base is read (and rebuilt) once."""
     if base.rotation is not None:
-        return _rotated_ucka(base, other, i, j, role)
-    kb, rows_b, total_b, sq_b = base.packed(i, role)
-    lo, rows_o, total_o, sq_o = other.packed(j, role)
-    ct = gathered_cross(kb, lo, base.index, other.signs, base_stats=not base.permutation)
-    if ct.base is not None:
-        rows_b, total_b, sq_b = ct.base.rows, ct.base.total, ct.base.sumsq
-    elif base.index is not None:
-        rows_b = rows_b[base.index]
-    if ct.other_rows is not None:
-        rows_o, total_o = ct.other_rows, float(ct.other_rows.sum())
-    n = lo.n
-    hxy = _hsic(ct.trace, total_b, total_o, float(rows_b @ rows_o), n)
-    return cka_from_terms(
-        hxy, _hsic(sq_b, total_b, total_b, float(rows_b @ rows_b), n), _hsic(sq_o, total_o, total_o, float(rows_o @ rows_o), n)
-    )
+        return [_rotated_ucka(base, other, i, j, role) for j in js]
+    kb, rows_stored, total_stored, sq_stored = base.packed(i, role)
+    full = kb.full() if base.index is not None else None
+    out = []
+    for j in js:
+        lo, rows_o, total_o, sq_o = other.packed(j, role)
+        ct = gathered_cross(kb, lo, base.index, other.signs, base_stats=not base.permutation, base_full=full)
+        rows_b, total_b, sq_b = rows_stored, total_stored, sq_stored
+        if ct.base is not None:
+            rows_b, total_b, sq_b = ct.base.rows, ct.base.total, ct.base.sumsq
+        elif base.index is not None:
+            rows_b = rows_b[base.index]
+        if ct.other_rows is not None:
+            rows_o, total_o = ct.other_rows, float(ct.other_rows.sum())
+        n = lo.n
+        hxy = _hsic(ct.trace, total_b, total_o, float(rows_b @ rows_o), n)
+        out.append(
+            cka_from_terms(
+                hxy, _hsic(sq_b, total_b, total_b, float(rows_b @ rows_b), n), _hsic(sq_o, total_o, total_o, float(rows_o @ rows_o), n)
+            )
+        )
+    return out
 
 
 def _stats_of(k: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -206,10 +213,10 @@ def _feature_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float
     return cka.cka_from_terms(cka.hsic_from_feature_terms(tb, to), tb.self_hsic, to.self_hsic)
 
 
-def _ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
+def _ucka_row(base: _Side, other: _Side, i: int, js: list[int], role: int) -> list[float]:
     if base.entry.form(role) == other.entry.form(role) == "feature":
-        return _feature_ucka(base, other, i, j, role)
-    return _gram_ucka(base, other, i, j, role)
+        return [_feature_ucka(base, other, i, j, role) for j in js]
+    return _gram_row(base, other, i, js, role)
 
 
 def assess(score: float, null_model: NullModel, z_related: float, z_inconclusive: float, n_samples: int) -> stats.Assessment:
@@ -228,23 +235,25 @@ def _layer_scores(ea: CacheEntry, eb: CacheEntry, al: Alignment, threads: int) -
     other = _Side(eb if al.base == "a" else ea, al, False)
     lbase, lother = base.entry.n_layers, other.entry.n_layers
     out = np.full((2, lbase, lother), np.nan)
-    tasks = [(i, j, role) for i in range(lbase) for j in ([i] if la == lb else range(lother)) for role in (0, 1)]
+    js = [[i] if la == lb else list(range(lother)) for i in range(lbase)]
     # Packed Gram pairs are plain array passes that release the GIL: they run on threads. Anything that
     # calls BLAS (feature-form roles, Grams packed from samples, rotations) runs here, one at a time, with
     # BLAS's own threads: several threads calling BLAS at once make its thread pools fight.
-    pooled = [t for t in tasks if base.rotation is None and base.entry.form(t[2]) == other.entry.form(t[2]) == "gram"]
-    for i, j, role in (t for t in tasks if t not in set(pooled)):
-        out[role, i, j] = _ucka(base, other, i, j, role)
+    pooled_roles = {r for r in (0, 1) if base.rotation is None and base.entry.form(r) == other.entry.form(r) == "gram"}
+    for role in {0, 1} - pooled_roles:
+        for i in range(lbase):
+            out[role, i, js[i]] = _ucka_row(base, other, i, js[i], role)
+    pooled = [(i, role) for i in range(lbase) for role in sorted(pooled_roles)]
 
-    def run(task: tuple[int, int, int]) -> float:
-        return _ucka(base, other, *task)
+    def run(task: tuple[int, int]) -> list[float]:
+        return _ucka_row(base, other, task[0], js[task[0]], task[1])
 
     chunk = 4 * max(1, threads)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for start in range(0, len(pooled), chunk):
             part = pooled[start : start + chunk]
-            for (i, j, role), value in zip(part, pool.map(run, part), strict=True):
-                out[role, i, j] = value
+            for (i, role), values in zip(part, pool.map(run, part), strict=True):
+                out[role, i, js[i]] = values
             # Mapped pages count in this process's memory: drop those read so far (the page cache keeps them).
             base.entry.release()
             other.entry.release()

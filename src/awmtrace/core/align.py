@@ -55,8 +55,7 @@ __all__ = [
     "ORTH_MIN_ROWS_PER_DIM",
 ]
 
-#: The error for an embedding column that is zero on the shared rows (no cosine exists).
-ZERO_COLUMN = "a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned"
+ZERO_COLUMN = "a hidden dimension of the token embedding is all zero on the shared tokens; it cannot be aligned"  # no cosine
 #: Dimension-alignment modes :func:`choose_alignment` takes.
 ALIGN_MODES = ("auto", "lap", "orthogonal")
 #: ``auto`` stops at the LAP when its quality reaches this: a signed permutation already explains the embeddings.
@@ -427,8 +426,7 @@ def choose_alignment(acc: CosineAccumulator, mode: str = "auto") -> AlignmentCho
 def settled_by_lap(lap: AlignmentChoice, mode: str) -> AlignmentChoice | None:
     """The choice when the LAP alone decides (``lap`` mode, or ``auto`` with a sufficient LAP quality), else ``None``.
 
-    ``lap``: the LAP solution with ``quality["lap"]`` set. The first rules of
-    :func:`choose_alignment`, which need nothing beyond the matched cosines.
+    ``lap``: the LAP solution with ``quality["lap"]`` set. The first rules of :func:`choose_alignment`.
     """
     q_lap = float(lap.quality["lap"])
     quality: dict[str, Any] = {"lap": q_lap, "embedding_cka": None, "orthogonal": None, "rank": None}

@@ -213,6 +213,7 @@ def gathered_cross(
     signs: np.ndarray | None = None,
     *,
     base_stats: bool = False,
+    base_full: np.ndarray | None = None,
 ) -> CrossTerms:
     """The cross term of UCKA between packed Grams under an index-and-sign alignment.
 
@@ -220,14 +221,14 @@ def gathered_cross(
     model's, ``n_o``; ``index``: ``(n_o,)`` base dimension of each of the other's (``None``:
     identity, ``n_b == n_o``); ``signs``: ``(n_o,)`` +-1 applied to the other (``None``: all +1).
     ``base_stats``: also return the statistics of the gathered base (needed when ``index`` is not a
-    permutation). A gather rebuilds the base's full matrix first (:meth:`PackedGram.full`).
+    permutation). A gather needs the base's full matrix: ``base_full`` if the caller has it (:meth:`PackedGram.full`).
     """
     n_o, block = other.n, other.block
     if index is None and (base.n != n_o or base.block != block):
         raise ValueError(f"an identity alignment needs Grams of one size and layout, got {base.n} and {n_o}")
     if index is not None and index.shape != (n_o,):
         raise ValueError(f"index must have one entry per dimension of the other model ({n_o}), got {index.shape}")
-    full = base.full() if index is not None else None
+    full = (base.full() if base_full is None else base_full) if index is not None else None
     base_blocks = base.blocks()
     full_rows = np.empty((block, base.n), dtype=np.uint16)
     gathered = np.empty(block * n_o, dtype=np.uint16)
