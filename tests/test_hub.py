@@ -345,7 +345,8 @@ def test_a_gguf_repo_is_named_by_file_or_quant_like_llama_cpp(server: HubServer,
     server.add_repo("acme/tiny-GGUF", {q8.name: q8.read_bytes(), f32.name: f32.read_bytes(), "README.md": b"# quants"})
     by_quant = fetch("acme/tiny-GGUF:Q8_0")
     assert by_quant.source == "fetched" and by_quant.file == "tiny-Q8_0.gguf"
-    assert sorted(p.name for p in by_quant.path.iterdir()) == ["awm-fetch.json", "tiny-Q8_0.gguf"]
+    # The one GGUF file and the model card (lineage evidence for awm matrix), nothing else.
+    assert sorted(p.name for p in by_quant.path.iterdir()) == ["README.md", "awm-fetch.json", "tiny-Q8_0.gguf"]
     assert (by_quant.path / "tiny-Q8_0.gguf").read_bytes() == q8.read_bytes()
     assert fetch("acme/tiny-GGUF:tiny-Q8_0.gguf").path == by_quant.path  # same file, same snapshot
     assert fetch("acme/tiny-gguf:q8_0".replace("gguf", "GGUF")).path == by_quant.path  # tags match case-insensitively

@@ -28,21 +28,22 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 
 def extract_task(spec: str, cache_root: str, limit_bytes: int) -> dict[str, Any]:
-    """Open ``spec`` and make sure its cache entry exists; returns its key, fingerprint, whether weights were read and ``uploaded``.
+    """Open ``spec`` and make sure its cache entry exists; returns its key, fingerprint, whether weights were read, and
+    the input's own facts (:func:`awmtrace.collections.extract.input_facts`: Hub repo, upload date, model card).
 
-    ``uploaded``: the Hub commit date of the snapshot ``spec`` was read from (``None`` for a local model). It belongs to
-    this input, not to the entry: the entry is keyed by content, which a local copy or another repo may share.
+    Those facts belong to this input, not to the entry: the entry is keyed by content, which a local copy or
+    another repo may share.
     """
     from awmtrace.collections.cache import ModelCache
-    from awmtrace.io.hub import snapshot_commit_date
+    from awmtrace.collections.extract import input_facts
     from awmtrace.pipeline import open_model
 
     cache = ModelCache(cache_root, limit_bytes)
     try:
         with open_model(spec) as model:
             entry = cache.get(model)
-            uploaded = snapshot_commit_date(model.source.path)
-        return {"key": entry.key, "fingerprint": entry.fingerprint, "built": cache.builds, "notes": cache.notes, "uploaded": uploaded}
+            facts = input_facts(model.source.path)
+        return {"key": entry.key, "fingerprint": entry.fingerprint, "built": cache.builds, "notes": cache.notes, **facts}
     except AwmError as exc:
         return _failure(exc)
     except (OSError, ValueError, MemoryError) as exc:

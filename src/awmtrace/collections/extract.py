@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,9 +28,10 @@ from awmtrace.core import cka
 from awmtrace.core.certify import ColumnCosines, abs_cosines
 from awmtrace.core.packed import BLOCK_ROWS, pack_gram, packed_size, round_bf16, widen_bf16
 from awmtrace.extract import AlignedReader
+from awmtrace.io.card import card_base_models
 from awmtrace.types import Alignment
 
-__all__ = ["write_entry", "model_card", "vocab_rows", "column_gram", "column_cosines"]
+__all__ = ["write_entry", "input_facts", "vocab_rows", "column_gram", "column_cosines"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -233,32 +233,22 @@ def _write_roles(model: Any, folder: Path, progress: Progress) -> list[dict[str,
         return _write_layers(model, folder, progress, force_gram=True)
 
 
-_FRONT = re.compile(r"\A---\s*\n(.*?)\n---", re.S)
+def input_facts(path: Path | str) -> dict[str, Any]:
+    """What belongs to one input rather than to its content (so never to the content-keyed cache entry).
 
+    ``hub_id`` (the repo a Hub snapshot came from), ``uploaded`` (its commit date), and ``card_base_model`` (the
+    ``base_model`` its model card declares): two inputs with the same weights may come from different repos.
+    """
+    from awmtrace.io.hub import snapshot_commit_date, snapshot_identity
 
-def model_card(folder: Path) -> dict[str, Any]:
-    """``base_model`` from a Hub model card (``README.md`` front matter) beside the weights, when there is one."""
-    try:
-        text = (folder / "README.md").read_text(encoding="utf-8", errors="replace")[:65536]
-    except OSError:
-        return {}
-    m = _FRONT.match(text)
-    if not m:
-        return {}
-    bases: list[str] = []
-    lines = m.group(1).splitlines()
-    for i, line in enumerate(lines):
-        if not line.startswith("base_model:"):
-            continue
-        value = line.split(":", 1)[1].strip().strip("'\"")
-        if value:
-            bases.append(value)
-        for follow in lines[i + 1 :]:
-            item = follow.strip()
-            if not item.startswith("- "):
-                break
-            bases.append(item[2:].strip().strip("'\""))
-    return {"base_model": bases} if bases else {}
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    ident = snapshot_identity(folder) if p.exists() else None
+    return {
+        "hub_id": ident[3:].split("@", 1)[0] if ident else None,
+        "uploaded": snapshot_commit_date(p) if p.exists() else None,
+        "card_base_model": card_base_models(folder) if p.exists() else [],
+    }
 
 
 def write_entry(model: Any, folder: Path, key: str, fingerprint: str, options: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
@@ -271,7 +261,6 @@ def write_entry(model: Any, folder: Path, key: str, fingerprint: str, options: d
     if model.vocab is not None:
         (folder / "vocab.json").write_text(json.dumps(cache_mod._vocab_to_json(model.vocab)), encoding="utf-8")
     dtypes = sorted({source.dtype(n) for layer in view.layers for n in (layer.q.name, layer.k.name)})
-    src_path = Path(source.path)
     summary = view.summary()
     summary["embedding"] = view.embedding.to_dict()
     manifest = {
@@ -285,7 +274,6 @@ def write_entry(model: Any, folder: Path, key: str, fingerprint: str, options: d
         "view": summary,
         "weight_dtypes": dtypes,
         "quantised": any(d not in _QUANTISED_OK for d in dtypes),
-        "card": model_card(src_path if src_path.is_dir() else src_path.parent),
         "vocab": vocab_info,
         "embedding": embedding,
         "roles": roles,

@@ -39,8 +39,10 @@ class MatrixResult:
 
     ``models[i]``: ``input`` (as given), ``fingerprint``, ``key`` (cache
     entry), ``error`` (when it failed to open), ``duplicate_of`` (index of
-    the first input with the same content), its shape, and ``uploaded`` (the
-    Hub commit date of its snapshot, UTC ISO 8601; ``None`` when not from the Hub).
+    the first input with the same content), its shape, and what belongs to
+    the input rather than to its content: ``hub_id`` (the repo of its Hub
+    snapshot), ``uploaded`` (that commit's date, UTC ISO 8601) and
+    ``card_base_model`` (its model card's ``base_model``); ``None``/empty for a local model without them.
     """
 
     models: list[dict[str, Any]]
@@ -96,7 +98,7 @@ def _orient(result: dict[str, Any], swap: bool) -> dict[str, Any]:
     return r
 
 
-def _model_info(i: int, spec: str, entry: CacheEntry, uploaded: str | None) -> dict[str, Any]:
+def _model_info(i: int, spec: str, entry: CacheEntry, ex: dict[str, Any]) -> dict[str, Any]:
     m, v = entry.manifest, entry.manifest["view"]
     return {
         "index": i,
@@ -110,15 +112,16 @@ def _model_info(i: int, spec: str, entry: CacheEntry, uploaded: str | None) -> d
         "vocab_size": v["vocab_size"],
         "weight_dtypes": m["weight_dtypes"],
         "quantised": m["quantised"],
-        "card_base_model": m.get("card", {}).get("base_model", []),
-        "uploaded": uploaded,
+        "hub_id": ex.get("hub_id"),
+        "card_base_model": ex.get("card_base_model") or [],
+        "uploaded": ex.get("uploaded"),
         "error": None,
         "duplicate_of": None,
     }
 
 
 def _extract(specs: Sequence[str], cache: ModelCache, eng: engine_mod.Engine, progress: Progress) -> list[dict[str, Any]]:
-    from awmtrace.io.hub import snapshot_commit_date
+    from awmtrace.collections.extract import input_facts
 
     out: dict[str, dict[str, Any]] = {}
     todo: list[str] = []
@@ -128,13 +131,7 @@ def _extract(specs: Sequence[str], cache: ModelCache, eng: engine_mod.Engine, pr
         if entry is None:
             todo.append(s)
         else:
-            out[s] = {
-                "key": entry.key,
-                "fingerprint": entry.fingerprint,
-                "built": 0,
-                "notes": [],
-                "uploaded": snapshot_commit_date(Path(s)),
-            }
+            out[s] = {"key": entry.key, "fingerprint": entry.fingerprint, "built": 0, "notes": [], **input_facts(s)}
     # Local paths made absolute for workers that run elsewhere; Hub ids pass as they are.
     where = [str(Path(s).absolute()) if Path(s).exists() else s for s in todo]
     jobs: list[engine_mod.Job] = [(engine_mod.extract_task, (w, str(cache.root), cache.limit_bytes)) for w in where]
@@ -265,7 +262,7 @@ def _run(  # noqa: PLR0913 - the run's parts, passed once from matrix()
             info.append({"index": i, "input": spec, "fingerprint": None, "key": None, "error": why, "duplicate_of": None})
             notes.append(f"model {i} ({spec}) failed: {why}; its pairs are marked")
             continue
-        info.append(_model_info(i, spec, entry, ex.get("uploaded")))
+        info.append(_model_info(i, spec, entry, ex))
         if entry.fingerprint in first_of:
             info[i]["duplicate_of"] = first_of[entry.fingerprint]
             notes.append(f"model {i} ({spec}) has the same content as model {first_of[entry.fingerprint]}: scored once")

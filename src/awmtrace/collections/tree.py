@@ -124,11 +124,12 @@ def _depth_vote(i: int, j: int, info: Sequence[dict[str, Any]], result: dict[str
 
 
 def _card_vote(i: int, j: int, info: Sequence[dict[str, Any]]) -> Vote | None:
+    """A model whose card's ``base_model`` names the other (its input or Hub repo; Hub ids ignore case) is its child."""
     for c, p in ((i, j), (j, i)):
-        bases = info[c].get("card_base_model") or []
-        names = {info[p]["input"], info[p].get("hub_id")}
-        if any(b in names for b in bases):
-            return p, c, f"model card: model {c} declares base_model {info[p]['input']!r}"
+        names = {str(n).lower() for n in (info[p].get("input"), info[p].get("hub_id")) if n}
+        for declared in info[c].get("card_base_model") or []:
+            if declared.lower() in names:
+                return p, c, f"model card: model {c} declares base_model {declared!r}, which is model {p}"
     return None
 
 

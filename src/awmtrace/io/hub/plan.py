@@ -22,6 +22,7 @@ import numpy as np
 
 from awmtrace.errors import FormatError, InputNotFound
 from awmtrace.io.base import MAX_TEXT_BYTES, TensorSource, parse_json
+from awmtrace.io.card import CARD_NAME, MAX_CARD_BYTES
 from awmtrace.io.hub.cache import INDEX_BIN, INDEX_SAFETENSORS
 from awmtrace.io.hub.http import HubSession, RemoteFile
 from awmtrace.io.hub.repo import RepoRef, gguf_matches
@@ -254,6 +255,12 @@ def _safetensors_plans(
     return [lean_plan(by_name[n], per_file[n], files[n], label) for n in weight_files if n in per_file]
 
 
+def card_plans(files: dict[str, RemoteFile]) -> list[FilePlan]:
+    """The model card (its ``base_model`` is lineage evidence for ``awm matrix``), when the repo has a card of a card's size."""
+    card = files.get(CARD_NAME)
+    return [whole_plan(card)] if card is not None and card.size <= MAX_CARD_BYTES else []
+
+
 def plan_fetch(hub: HubSession, commit: str, files: dict[str, RemoteFile], select: Selector | None, ffn: bool) -> FetchPlan:
     """What to transfer from ``files`` (the repo listing at ``commit``).
 
@@ -263,12 +270,13 @@ def plan_fetch(hub: HubSession, commit: str, files: dict[str, RemoteFile], selec
     repo_bytes = sum(f.size for f in files.values())
     if fmt == "gguf":
         name = weight_files[0]
-        plan = FetchPlan([whole_plan(files[name], name.rsplit("/", 1)[-1])], files[name].size, repo_bytes, 0, gguf_file=name)
+        plans = [whole_plan(files[name], name.rsplit("/", 1)[-1]), *card_plans(files)]
+        plan = FetchPlan(plans, files[name].size, repo_bytes, 0, gguf_file=name)
         plan.notes.append(f"GGUF file {name} fetched whole (its vocabulary and metadata are inside)")
         return plan
     # The sidecars say which ids are special or added; a few kB, so fetched whenever present.
     small = [n for n in ("config.json", tokenizer_file(files), *TOKENIZER_SIDECARS) if n is not None and n in files]
-    plans = [whole_plan(files[n]) for n in small]
+    plans = [whole_plan(files[n]) for n in small] + card_plans(files)
     hub.stage = f"reading headers of {hub.ref.repo_id}"
     if index is not None:
         weight_files = index_shards(hub, commit, files[index], files)
