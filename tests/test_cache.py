@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from awmtrace import synth
 from awmtrace.cli import main
 from awmtrace.collections import cache as cache_mod
+from awmtrace.collections import extract as extract_mod
 from awmtrace.collections.cache import CacheError, ModelCache
 from awmtrace.collections.matrix import matrix
 from awmtrace.io import fingerprint as fp_mod
-from awmtrace.io.base import RawBuffer
+from awmtrace.io.raw import RawBuffer
 from awmtrace.io.safetensors_dir import SafetensorsSource
 from awmtrace.pipeline import open_model
 
@@ -71,8 +72,15 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(where[(str(layout.path), layout.offset)])
         return real_raw(self, layout, direct)
 
+    real_rows_raw = extract_mod.iter_raw_rows
+
+    def iter_raw_rows(layout: Any, rows_per_block: int, what: str) -> Any:  # the cached embedding, copied as stored
+        seen.append(where[(str(layout.path), layout.offset)])
+        return real_rows_raw(layout, rows_per_block, what)
+
     monkeypatch.setattr(SafetensorsSource, "raw_layout", raw_layout)
     monkeypatch.setattr(RawBuffer, "read", raw_read)
+    monkeypatch.setattr(extract_mod, "iter_raw_rows", iter_raw_rows)
     monkeypatch.setattr(SafetensorsSource, "read_many", read_many)
     monkeypatch.setattr(SafetensorsSource, "read", read)
     monkeypatch.setattr(SafetensorsSource, "row_reader", row_reader)

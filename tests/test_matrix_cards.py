@@ -127,7 +127,9 @@ def with_card(folder: Path, dest: Path, text: str) -> Path:
 
 def test_the_fetcher_brings_the_card_and_a_hub_card_directs_the_edge(server: HubServer, family: dict[str, Path], tmp_path: Path) -> None:
     # Same upload date: only the card can direct the edge. The card names the base in another case, as people write it.
-    server.add_folder("Org/FT", with_card(family["ft"], tmp_path / "ft", card("base_model: org/Base")), last_modified="2024-01-01T00:00:00Z")
+    server.add_folder(
+        "Org/FT", with_card(family["ft"], tmp_path / "ft", card("base_model: org/Base")), last_modified="2024-01-01T00:00:00Z"
+    )
     server.add_folder("org/base", with_card(family["base"], tmp_path / "b", card("license: mit")), last_modified="2024-01-01T00:00:00Z")
     data = run_matrix(tmp_path, "org/base", "Org/FT")
     assert [m["hub_id"] for m in data["models"]] == ["org/base", "Org/FT"]

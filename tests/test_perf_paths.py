@@ -25,8 +25,8 @@ from awmtrace.core import cka
 from awmtrace.core.align import CosineAccumulator
 from awmtrace.errors import FormatError, NumericalError
 from awmtrace.extract import AlignedReader
-from awmtrace.io import base as io_base
-from awmtrace.io.base import RawBuffer, read_raw_into
+from awmtrace.io import raw as io_raw
+from awmtrace.io.raw import RawBuffer, read_raw_into
 from awmtrace.io.safetensors_dir import SafetensorsSource
 from awmtrace.pipeline import compare, open_model
 from awmtrace.types import Alignment
@@ -135,7 +135,7 @@ def test_raw_buffer_reads_every_tensor_whatever_its_alignment(unaligned_file: tu
     path, tensors = unaligned_file
     src = SafetensorsSource(path)
     buf = RawBuffer()
-    assert any(src.raw_layout(n).offset % io_base.DIRECT_ALIGN for n in tensors)  # type: ignore[union-attr]
+    assert any(src.raw_layout(n).offset % io_raw.DIRECT_ALIGN for n in tensors)  # type: ignore[union-attr]
     for name in ("c", "a", "b", "c"):  # grow, shrink and reuse the buffer
         got = buf.read(src.raw_layout(name), direct=direct)  # type: ignore[arg-type]
         np.testing.assert_array_equal(got.view(tensors[name].dtype), tensors[name])
@@ -152,7 +152,7 @@ def test_raw_buffer_falls_back_when_o_direct_is_refused(
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(p, flags, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(io_base.os, "open", no_direct)
+    monkeypatch.setattr(io_raw.os, "open", no_direct)
     layout = SafetensorsSource(path).raw_layout("b")
     np.testing.assert_array_equal(RawBuffer().read(layout, direct=True), tensors["b"])  # type: ignore[arg-type]
 
@@ -295,3 +295,28 @@ def test_prefetched_layers_equal_synchronous_reads(bf16_pair: tuple[Path, Path])
             np.testing.assert_array_equal(g, w)
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+def test_nonfinite_count_reads_the_bits_as_numpy_reads_the_values(dtype: str) -> None:
+    values = np.array([0.0, -1.5, np.inf, -np.inf, np.nan, 3e4, -0.0, 1e-30], dtype=np.float32)
+    stored = {"BF16": (values.view(np.uint32) >> 16).astype(np.uint16), "F16": values.astype(np.float16), "F32": values}[dtype]
+    assert io_raw.nonfinite_count(stored, dtype) == 3
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_a_cached_embedding_is_copied_as_stored_and_a_nonfinite_one_refused(tmp_path: Path, dtype: str) -> None:
+    from awmtrace.collections.cache import ModelCache
+    from awmtrace.errors import NumericalError
+    from awmtrace.pipeline import open_model
+
+    m = synth.random_llama(hidden=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab=300, seed=1)
+    good = synth.write_hf(m, tmp_path / "good", dtype=dtype)
+    with open_model(good) as model:
+        entry = ModelCache(tmp_path / "cache").get(model)
+        want = model.source.row_reader(model.view.embedding.name).take(np.arange(300))
+    assert np.array_equal(entry.embedding_to_float32(entry.embedding()[:]), want)
+    m.embed[17, 5] = np.inf
+    bad = synth.write_hf(m, tmp_path / "bad", dtype=dtype)
+    with open_model(bad) as model, pytest.raises(NumericalError, match=r"1 NaN/Inf value\(s\) in the weights"):
+        ModelCache(tmp_path / "cache").get(model)

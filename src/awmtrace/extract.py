@@ -20,7 +20,7 @@ import numpy as np
 from awmtrace.arch.read import read_attention, read_ffn, read_norm
 from awmtrace.errors import NumericalError
 from awmtrace.io import TensorSource
-from awmtrace.io.base import RawBuffer, RawLayout
+from awmtrace.io.raw import RawBuffer, RawLayout
 from awmtrace.types import Alignment, ModelView
 
 __all__ = ["AlignedReader", "ModelLike", "NormGains", "attention_names", "needs_gather"]

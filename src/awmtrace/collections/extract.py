@@ -29,6 +29,7 @@ from awmtrace.core.certify import ColumnCosines, abs_cosines
 from awmtrace.core.packed import BLOCK_ROWS, pack_gram, packed_size, round_bf16, widen_bf16
 from awmtrace.extract import AlignedReader
 from awmtrace.io.card import card_base_models
+from awmtrace.io.raw import iter_raw_rows
 from awmtrace.types import Alignment
 
 __all__ = ["write_entry", "input_facts", "vocab_rows", "column_gram", "column_cosines"]
@@ -47,23 +48,36 @@ def vocab_rows(vocab: Any, n_rows: int) -> np.ndarray:
 
 
 def _write_embedding(model: Any, path: Path) -> dict[str, Any]:
-    """The token embedding, exactly as the alignment reads it; returns the manifest's ``embedding`` record."""
+    """The token embedding, exactly as the alignment reads it; returns the manifest's ``embedding`` record.
+
+    Stored BF16/F16/F32 rows are copied as stored (checked for NaN/Inf on their bits); anything else
+    (quantised, pickled) goes through the row reader and is kept as float32.
+    """
     source, name = model.source, model.view.embedding.name
     stored = source.dtype(name)
     shape = tuple(int(d) for d in source.shape(name))
     kind = stored if stored in ("BF16", "F16") else "F32"
     dtypes: dict[str, np.dtype[Any]] = {"BF16": np.dtype(np.uint16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
-    reader = source.row_reader(name)
+    layout = source.raw_layout(name)
+    raw = layout is not None and layout.dtype == kind and tuple(layout.shape) == shape and len(shape) == 2
+    reader = None if raw else source.row_reader(name)
     try:
         with path.open("wb") as fh:
             cache_mod._write_npy_header(fh, dtypes[kind], shape)
-            for start in range(0, shape[0], cache_mod._EMBED_BLOCK):
-                rows = reader.take(np.arange(start, min(start + cache_mod._EMBED_BLOCK, shape[0])))
-                # bf16 rows came from bf16: their top 16 bits are the stored value, exactly.
-                block = (rows.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else rows.astype(dtypes[kind])
-                fh.write(block.tobytes())
+            if raw:
+                assert layout is not None
+                for block in iter_raw_rows(layout, cache_mod._EMBED_BLOCK, f"{source.path}: {name}"):
+                    fh.write(block.data)
+            else:
+                assert reader is not None
+                for start in range(0, shape[0], cache_mod._EMBED_BLOCK):
+                    rows = reader.take(np.arange(start, min(start + cache_mod._EMBED_BLOCK, shape[0])))
+                    # bf16 rows came from bf16: their top 16 bits are the stored value, exactly.
+                    block = (rows.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else rows.astype(dtypes[kind])
+                    fh.write(block.tobytes())
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
         source.release()
     return {"file": path.name, "dtype": kind, "shape": list(shape)}
 

@@ -8,7 +8,6 @@ write next to the checkpoint.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import math
@@ -16,22 +15,21 @@ import os
 import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from awmtrace.errors import FormatError, InputNotFound, NotARegularFile, NumericalError, PermissionDenied
 
+if TYPE_CHECKING:
+    from awmtrace.io.raw import RawLayout
+
 __all__ = [
     "TensorSource",
     "RowReader",
-    "RawLayout",
-    "RawBuffer",
     "RAW_DTYPES",
     "SAFETENSORS_DTYPES",
-    "read_raw_into",
     "read_json",
     "load_json",
     "parse_json",
@@ -88,117 +86,6 @@ def check_weight_dtype(dtype: str, where: str) -> str:
         return WEIGHT_DTYPES[name]
     why = next((text for prefixes, text in _REFUSED_WHY if name.startswith(prefixes)), "awmtrace does not know this type")
     raise FormatError(f"{where} is stored as {name}, which awmtrace does not read as weights (it reads F64, F32, F16, BF16): {why}")
-
-
-@dataclass(frozen=True)
-class RawLayout:
-    """Where a tensor stored as a plain little-endian array lies: ``nbytes`` at ``offset`` of ``path``.
-
-    ``dtype`` is a key of :data:`RAW_DTYPES` (``BF16`` is read as its raw
-    ``uint16`` bit patterns); ``shape`` is in numpy order.
-    """
-
-    path: Path
-    offset: int
-    nbytes: int
-    dtype: str
-    shape: tuple[int, ...]
-
-
-def read_raw_into(layout: RawLayout, out: np.ndarray) -> np.ndarray:
-    """Copy a tensor's bytes from its file into ``out`` (C-contiguous, ``layout.nbytes`` long).
-
-    Plain ``readinto`` on a caller-owned buffer: no memory map whose pages
-    count in RSS, and no fresh allocation per read (first touches of fresh
-    pages are the dominant cost of copying a layer on small VMs).
-    """
-    view = memoryview(out).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
-    if view.nbytes != layout.nbytes:
-        raise ValueError(f"buffer holds {view.nbytes} bytes, the tensor {layout.nbytes}")
-    try:
-        with open_regular(layout.path, "tensor file", buffering=0) as fh:
-            fh.seek(layout.offset)
-            done = 0
-            while done < layout.nbytes:
-                got = fh.readinto(view[done:])
-                if not got:
-                    raise FormatError(
-                        f"{layout.path}: file ends {layout.nbytes - done} bytes short of a tensor at offset {layout.offset}; "
-                        "the file is truncated, download it again"
-                    )
-                done += got
-    except OSError as exc:
-        raise os_error(layout.path, exc) from None
-    return out
-
-
-#: ``O_DIRECT`` wants file offsets, lengths and buffer addresses aligned to
-#: the device's logical block; 4096 bytes covers the common devices.
-DIRECT_ALIGN = 4096
-
-
-class RawBuffer:
-    """Reusable page-aligned memory that one tensor at a time is read into (see :meth:`read`)."""
-
-    def __init__(self) -> None:
-        self._mem = np.empty(0, dtype=np.uint8)
-
-    def _span(self, size: int) -> np.ndarray:
-        if self._mem.size < size:
-            raw = np.empty(size + DIRECT_ALIGN, dtype=np.uint8)
-            start = (-raw.ctypes.data) % DIRECT_ALIGN
-            self._mem = raw[start : start + size]
-        return self._mem[:size]
-
-    def read(self, layout: RawLayout, direct: bool = False) -> np.ndarray:
-        """The tensor as a ``layout.shape`` array of its stored type (``BF16`` as uint16 bits) viewing this buffer.
-
-        The array is valid until the next read. ``direct`` reads with
-        ``O_DIRECT`` where the file system allows it: the disk writes into
-        this buffer with no page-cache copy and almost no CPU, which is what
-        a read running beside busy BLAS threads should cost. Where it is not
-        allowed (``EINVAL``, e.g. tmpfs), an ordinary read is made.
-        """
-        dtype = RAW_DTYPES[layout.dtype]
-        if direct and hasattr(os, "O_DIRECT"):
-            start = layout.offset - layout.offset % DIRECT_ALIGN
-            need = layout.offset + layout.nbytes - start
-            span = self._span(-(-need // DIRECT_ALIGN) * DIRECT_ALIGN)
-            if self._read_direct(layout, start, span, need):
-                skip = layout.offset - start
-                return span[skip : skip + layout.nbytes].view(dtype).reshape(layout.shape)
-        span = self._span(layout.nbytes)
-        read_raw_into(layout, span)
-        return span.view(dtype).reshape(layout.shape)
-
-    @staticmethod
-    def _read_direct(layout: RawLayout, start: int, span: np.ndarray, need: int) -> bool:
-        """Fill ``span`` from ``start`` with ``O_DIRECT``; ``False`` when the file system refuses it."""
-        check_regular(layout.path, "tensor file")
-        try:
-            fd = os.open(layout.path, os.O_RDONLY | os.O_DIRECT | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                return False
-            raise os_error(layout.path, exc) from None
-        try:
-            view = memoryview(span)  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
-            done = 0
-            while done < need:
-                got = os.preadv(fd, [view[done:]], start + done)
-                if got <= 0 or (got % DIRECT_ALIGN and done + got < need):
-                    raise FormatError(
-                        f"{layout.path}: file ends {need - done - max(got, 0)} bytes short of a tensor at offset {layout.offset}; "
-                        "the file is truncated, download it again"
-                    )
-                done += got
-        except OSError as exc:
-            if exc.errno == errno.EINVAL and done == 0:
-                return False
-            raise os_error(layout.path, exc) from None
-        finally:
-            os.close(fd)
-        return True
 
 
 class TensorSource(ABC):

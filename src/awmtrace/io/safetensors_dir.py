@@ -1,7 +1,9 @@
 """Safetensors checkpoints: one file, a directory of shards with an index, or shards without one.
 
-Reads go through ``safetensors.safe_open(framework="numpy")`` (bf16 arrives as
-an ``ml_dtypes`` array). A file is opened for each batch of reads and closed
+Plain F32/F16/BF16 tensors are read straight from their byte ranges (bf16 as
+its bits, widened exactly); anything else goes through
+``safetensors.safe_open(framework="numpy")`` (bf16 then arrives as an
+``ml_dtypes`` array). A file is opened for each batch of reads and closed
 after, so the pages its memory map touched leave the process's RSS instead of
 piling up layer after layer.
 """
@@ -17,10 +19,10 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from awmtrace.core.packed import widen_bf16
 from awmtrace.errors import FormatError, InputNotFound, MissingTensor, first_line
 from awmtrace.io.base import (
     RAW_DTYPES,
-    RawLayout,
     RowReader,
     TensorSource,
     check_weight_dtype,
@@ -29,9 +31,9 @@ from awmtrace.io.base import (
     os_error,
     plain_relative_name,
     read_json,
-    read_raw_into,
     to_float32,
 )
+from awmtrace.io.raw import RawLayout, read_raw_into
 from awmtrace.io.safetensors_header import read_header
 
 __all__ = ["SafetensorsSource", "INDEX_NAME", "shard_path", "shard_name"]
@@ -49,10 +51,17 @@ def bfloat16() -> Any:
     return ml_dtypes.bfloat16
 
 
-def _open(path: Path):  # returns safe_open's handle, whose type is private
+def _bf16_rows(bits: np.ndarray) -> np.ndarray:
+    """Stored bfloat16 rows (their uint16 bits) as fresh float32 values, exactly (no ``ml_dtypes`` needed)."""
+    return widen_bf16(bits, np.empty(bits.shape, dtype=np.float32))
+
+
+def _open(path: Path, data: bool = False):  # returns safe_open's handle, whose type is private
+    """``safe_open`` of ``path``; ``data``: tensors will be read through it (bf16 ones need ``ml_dtypes``; names and shapes do not)."""
     # Open it ourselves first: refuses FIFOs without blocking and says "permission denied" with the path.
     open_regular(path, "safetensors file").close()
-    bfloat16()  # before safetensors reads a bf16 tensor
+    if data:
+        bfloat16()  # before safetensors reads a bf16 tensor
     try:
         return safe_open(str(path), framework="numpy")
     except OSError as exc:
@@ -174,8 +183,19 @@ class SafetensorsSource(TensorSource):
         for file, group in by_file.items():
             for name in group:
                 self._check_dtype(name)
-            with _open(file) as handle:
-                for name in group:
+            # Plain tensors straight from their byte ranges; the rest through safetensors.
+            rest = []
+            for name in group:
+                layout = self.raw_layout(name)
+                if layout is None:
+                    rest.append(name)
+                    continue
+                stored = read_raw_into(layout, np.empty(layout.shape, dtype=RAW_DTYPES[layout.dtype]))
+                out[name] = to_float32(_bf16_rows(stored) if layout.dtype == "BF16" else stored, f"{file}: tensor {name!r}")
+            if not rest:
+                continue
+            with _open(file, data=True) as handle:
+                for name in rest:
                     try:
                         raw = handle.get_tensor(name)
                     except (SafetensorError, OSError, ValueError, TypeError) as exc:
@@ -235,10 +255,8 @@ class SafetensorsSource(TensorSource):
             # Read into our own array rather than through the memory map: no
             # mapped pages in RSS and no per-page faults.
             stored = read_raw_into(layout, np.empty(layout.shape, dtype=RAW_DTYPES[layout.dtype]))
-            if layout.dtype == "BF16":
-                stored = stored.view(bfloat16())
-            return RowReader(stored, lambda block: block, f"{file}: tensor {name!r}")
-        with _open(file) as handle:
+            return RowReader(stored, _bf16_rows if layout.dtype == "BF16" else (lambda block: block), f"{file}: tensor {name!r}")
+        with _open(file, data=True) as handle:
             try:
                 stored = handle.get_tensor(name)
             except (SafetensorError, OSError, ValueError, TypeError) as exc:
