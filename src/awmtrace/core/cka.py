@@ -179,6 +179,18 @@ def _check_samples(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _blas_view(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(x, False)`` when ``x`` is Fortran-ordered, ``(x.T, True)`` when C-ordered (both without a copy), else a Fortran copy.
+
+    BLAS reads Fortran order; a C-ordered matrix is the Fortran-ordered transpose, which BLAS can be told to transpose back.
+    """
+    if x.flags.f_contiguous:
+        return x, False
+    if x.flags.c_contiguous:
+        return x.T, True
+    return np.asfortranarray(x), False
+
+
 def _syrk_upper(x: np.ndarray, trans: int = 0, out: np.ndarray | None = None) -> np.ndarray:
     """Upper triangle of ``x x'`` (``trans=0``) or ``x' x`` (``trans=1``); the rest is zero.
 
@@ -188,7 +200,8 @@ def _syrk_upper(x: np.ndarray, trans: int = 0, out: np.ndarray | None = None) ->
     triangle zero) receives the result in place: SYRK with ``beta=0`` writes
     only the upper triangle, so the lower one stays zero from call to call.
     """
-    x = np.asfortranarray(x)
+    x, flipped = _blas_view(x)
+    trans = 1 - trans if flipped else trans
     if out is None:
         return ssyrk(1.0, x, trans=trans)
     m = x.shape[1] if trans else x.shape[0]
@@ -318,7 +331,8 @@ def _feature_terms(x: np.ndarray, xtx_sq: float | None = None) -> FeatureTerms:
     # scipy's BLAS, not numpy's matmul, for every product here: numpy and
     # scipy each bundle an OpenBLAS with its own thread pool, and alternating
     # between them leaves one pool spinning while the other works.
-    row_sums = sgemv(1.0, np.asfortranarray(x), col_sums.astype(np.float32)).astype(np.float64) - sq_norms
+    xf, flipped = _blas_view(x)
+    row_sums = sgemv(1.0, xf, col_sums.astype(np.float32), trans=int(flipped)).astype(np.float64) - sq_norms
     total = float(col_sums @ col_sums - sq_norms.sum())
     if xtx_sq is None:
         xtx = _syrk_upper(x, trans=1)  # (p, p) upper triangle of X'X
@@ -333,7 +347,8 @@ def hsic_from_feature_terms(tk: FeatureTerms, tl: FeatureTerms) -> float:
     """Unbiased HSIC between two matrices from their :class:`FeatureTerms` (same n)."""
     if tk.n != tl.n:
         raise ValueError(f"sample counts differ: {tk.n} vs {tl.n}")
-    cross = sgemm(1.0, np.asfortranarray(tk.x), np.asfortranarray(tl.x), trans_a=1)  # (p, q): W_a W_b'
+    (xa, ta), (xb, tb) = _blas_view(tk.x), _blas_view(tl.x)
+    cross = sgemm(1.0, xa, xb, trans_a=int(not ta), trans_b=int(tb))  # (p, q) = X_a' X_b: W_a W_b'
     tr_kl = _rowwise_dot64(cross, cross) - float(tk.sq_norms @ tl.sq_norms)
     return hsic_from_sums(tr_kl, tk.total, tl.total, float(tk.row_sums @ tl.row_sums), tk.n)
 
