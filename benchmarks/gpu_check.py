@@ -12,10 +12,8 @@ Steps, each timed:
    same values as the full synthetic models; ``make_checkpoints.py --lean``): base and a derived copy;
 4. ``awm compare base derived --device cuda`` (the GPU path of a single comparison) and ``--device cpu``;
 5. ``awm matrix base derived`` with an empty cache (two extractions and the first pair), then again with the
-   cache warm (one further pair: the figure the issue's "7B pair from a warm cache" asks for), both with the
-   CLI's default worker processes.
-
-Pairs from the cache are scored on the CPU (numpy, all cores); the GPU serves ``awm compare --device cuda``.
+   cache warm (one further pair: the figure the issue's "7B pair from a warm cache" asks for) on the CPU and,
+   with ``--device cuda``, with the cached Grams unpacked and scored on the GPU (the alignment stays on the CPU).
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TESTS = ["tests/test_backend.py", "tests/test_perf_paths.py", "tests/test_cli.py", "tests/test_cka.py"]
+TESTS = ["tests/test_backend.py", "tests/test_perf_paths.py", "tests/test_cli.py", "tests/test_cka.py", "tests/test_matrix.py"]
 
 
 def _run(cmd: list[str], timeout: float) -> dict[str, Any]:
@@ -89,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         save()
     cache = args.work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    for name in ("matrix_cold", "matrix_warm"):
+    runs = [("matrix_cold", "cpu"), ("matrix_warm", "cpu")] + ([("matrix_warm_cuda", "cuda")] if cuda else [])
+    for name, device in runs:
         store = args.work / f"{name}.sqlite"
         store.unlink(missing_ok=True)
-        res[name] = _run([awm, "matrix", *pair, "--json", "-q", "--cache-dir", str(cache), "--store", str(store)], timeout=300)
+        cmd = [awm, "matrix", *pair, "--json", "-q", "--cache-dir", str(cache), "--store", str(store), "--device", device]
+        res[name] = _run(cmd, timeout=300)
         save()
     summary = {k: (v.get("wall_s"), v.get("exit")) for k, v in res.items() if isinstance(v, dict) and "wall_s" in v}
     print(json.dumps({"facts": res["facts"], "wall_s_and_exit": summary}, indent=2))

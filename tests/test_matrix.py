@@ -185,3 +185,19 @@ def test_unreachable_ray_address_is_one_line(collection: list[Path], tmp_path: P
 
     with pytest.raises(UsageError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
         matrix(collection[:2], cache_dir=tmp_path, engine="ray", ray_address="127.0.0.1:1")
+
+
+@pytest.mark.parametrize("device", ["torch-cpu", "cuda"])
+def test_torch_device_scores_as_the_numpy_path(collection: list[Path], result: Any, tmp_path: Path, device: str) -> None:
+    # The torch path unpacks the cached Grams on the device and aligns them there: every pair of the planted
+    # collection (gathers, a narrower model, depth matching, samples-form K) agrees with the numpy path.
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device (benchmarks/gpu_check.py runs this on a GPU machine)")
+    out = matrix(collection, cache_dir=tmp_path / "c", device=device)
+    assert out.families == result.families
+    for i in range(len(NAMES)):
+        for j in range(len(NAMES)):
+            assert out.score[i][j] == pytest.approx(result.score[i][j], abs=2e-6), (NAMES[i], NAMES[j])
+            assert out.verdict[i][j] == result.verdict[i][j]
+    assert {r["device"] for r in out.results.values()} == {device}

@@ -9,6 +9,7 @@ import click
 
 from awmtrace.cli import main
 from awmtrace.cli.common import (
+    DeviceType,
     check_output,
     console,
     emit_json,
@@ -133,14 +134,22 @@ _EXAMPLES = (
 @click.option("--null", "null", default=None, metavar="NAME|FILE", help="Null distribution for z and verdicts (default: paper).")
 @click.option("--z-related", type=float, default=Z_RELATED, show_default=True)
 @click.option("--z-inconclusive", type=float, default=Z_INCONCLUSIVE, show_default=True)
+@click.option(
+    "--device",
+    type=DeviceType(),
+    default="cpu",
+    show_default=True,
+    help="Where pairs' layers are scored from the cache: cpu (numpy, all cores), cuda, cuda:N, torch-cpu, or auto; "
+    "the alignment runs on the CPU.",
+)
 @fail_on_option("any pair's verdict")
 @quiet_option
 @friendly_errors
 def matrix_cmd(  # noqa: PLR0913 - click passes one argument per option
     models: tuple[str, ...], from_file: str | None, store: str, as_json: bool, csv_path: str | None, plot_path: str | None,
     report_path: str | None, show_tree: bool, cache_dir: str | None, cache_limit: float, engine: str, workers: int | None,
-    ray_address: str | None, align: str, null: str | None, z_related: float, z_inconclusive: float, fail_on: str | None,
-    quiet: bool,
+    ray_address: str | None, align: str, null: str | None, z_related: float, z_inconclusive: float, device: str,
+    fail_on: str | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Compare every pair of MODELS (paths, .gguf files or Hub ids): score matrix, families and lineage tree.
 
@@ -157,7 +166,7 @@ def matrix_cmd(  # noqa: PLR0913 - click passes one argument per option
     with progress_reporter(quiet or as_json) as progress:
         result = matrix(specs, cache_dir=cache_dir, cache_limit_bytes=int(cache_limit * _GIB), store=store, engine=engine, workers=workers,
                         ray_address=ray_address, align=align, null=null, z_related=z_related, z_inconclusive=z_inconclusive,
-                        progress=progress)  # fmt: skip
+                        device=device, progress=progress)  # fmt: skip
     data = result.to_dict()
     if csv_out is not None:
         write_output("CSV", csv_out, lambda: report.write_csv(data, csv_out))

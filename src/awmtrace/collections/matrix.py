@@ -215,6 +215,7 @@ def matrix(  # noqa: PLR0913 - keyword options, until one frozen options object 
     min_shared_tokens: int | None = None,
     z_related: float = stats.Z_RELATED,
     z_inconclusive: float = stats.Z_INCONCLUSIVE,
+    device: str = "cpu",
     progress: Progress | None = None,
 ) -> MatrixResult:
     """Compare every pair of ``models`` (paths, ``.gguf`` files or Hub ids); see :class:`MatrixResult`.
@@ -223,7 +224,8 @@ def matrix(  # noqa: PLR0913 - keyword options, until one frozen options object 
     and lets a later run skip stored pairs; ``engine``: ``"local"`` (with
     ``workers`` processes, ``None`` for one per CPU as the CLI does; the default, 1, runs everything in this process, which
     needs no ``if __name__ == "__main__"`` guard in a calling script) or ``"ray"`` (``ray_address``: ``"auto"``,
-    ``"HOST:PORT"``, or ``None`` for a local Ray).
+    ``"HOST:PORT"``, or ``None`` for a local Ray). ``device``: where pairs' layers are scored (as ``awm compare --device``
+    takes it; each worker uses it); the alignment and extraction run on the CPU.
     """
     started = time.perf_counter()
     specs = [str(m) for m in models]
@@ -235,7 +237,7 @@ def matrix(  # noqa: PLR0913 - keyword options, until one frozen options object 
     own_store = store is not None and not isinstance(store, ResultsStore)
     st = store if isinstance(store, ResultsStore) else ResultsStore(store) if store is not None else None
     try:
-        return _run(specs, cache, eng, st, align, null, min_shared_tokens, z_related, z_inconclusive, progress, started)
+        return _run(specs, cache, eng, st, align, null, min_shared_tokens, z_related, z_inconclusive, device, progress, started)
     finally:
         if own_store and st is not None:
             st.close()
@@ -245,7 +247,7 @@ def matrix(  # noqa: PLR0913 - keyword options, until one frozen options object 
 
 def _run(  # noqa: PLR0913 - the run's parts, passed once from matrix()
     specs: list[str], cache: ModelCache, eng: engine_mod.Engine, st: ResultsStore | None, align: str, null: str | None,
-    min_shared: int | None, zr: float, zi: float, progress: Progress, started: float,
+    min_shared: int | None, zr: float, zi: float, device: str, progress: Progress, started: float,
 ) -> MatrixResult:  # fmt: skip
     from awmtrace.nulls import load_null
 
@@ -272,7 +274,7 @@ def _run(  # noqa: PLR0913 - the run's parts, passed once from matrix()
     originals = sorted(entries)
     res = _Results(st, _store_options(align, null_name, min_shared, zr, zi, cache))
     pair_options = {"align": align, "null": null, "min_shared_tokens": min_shared, "z_related": zr, "z_inconclusive": zi,
-                    "threads": eng.pair_threads}  # fmt: skip
+                    "threads": eng.pair_threads, "device": device}  # fmt: skip
     results: dict[tuple[int, int], dict[str, Any]] = {}
     todo: list[tuple[int, int]] = []
     for x, i in enumerate(originals):

@@ -29,6 +29,7 @@ from awmtrace.collections.cache import CacheEntry
 from awmtrace.collections.extract import column_cosines
 from awmtrace.core import cka, stats
 from awmtrace.core.align import match_layers
+from awmtrace.core.backend import Backend, TorchBackend, select_backend
 from awmtrace.core.cka import cka_from_terms
 from awmtrace.core.cka import hsic_from_sums as _hsic
 from awmtrace.core.packed import PackedGram, gathered_cross, pack_gram, packed_size, widen_bf16
@@ -228,14 +229,42 @@ def assess(score: float, null_model: NullModel, z_related: float, z_inconclusive
     return stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_samples)
 
 
-def _layer_scores(ea: CacheEntry, eb: CacheEntry, al: Alignment, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(L_a, L_b)`` UCKA of Q and of K; only the diagonal when depths are equal (the rest is NaN)."""
+def _device_terms(side: _Side, layer: int, role: int, backend: TorchBackend) -> Any:
+    """Gram terms of one side's aligned ``(layer, role)`` on the torch device: a stored Gram unpacked there, or samples' Gram."""
+    if side.entry.form(role) == "gram":
+        gram = side.gram(layer, role)
+        return backend.packed_terms(gram.bits, gram.n, gram.block, index=side.index, signs=side.signs)
+    return backend.gram_terms(side.samples(layer, role))
+
+
+def _device_row(base: _Side, other: _Side, i: int, js: list[int], role: int, backend: TorchBackend) -> list[float]:
+    """:func:`_ucka_row` on a torch device (``--device cuda``/``torch-cpu``): the base's terms are built once for every ``j``."""
+    if base.entry.form(role) == other.entry.form(role) == "feature":
+        return [backend.ucka(base.samples(i, role), other.samples(j, role)) for j in js]
+    tb = _device_terms(base, i, role, backend)
+    return [backend.cka_from_gram_terms(tb, _device_terms(other, j, role, backend)) for j in js]
+
+
+def _layer_scores(
+    ea: CacheEntry, eb: CacheEntry, al: Alignment, threads: int, backend: Backend | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(L_a, L_b)`` UCKA of Q and of K; only the diagonal when depths are equal (the rest is NaN).
+
+    ``backend``: a torch backend scores there (not a rotation, which stays on the CPU path); otherwise numpy on threads.
+    """
     la, lb = ea.n_layers, eb.n_layers
     base = _Side(ea if al.base == "a" else eb, al, True)
     other = _Side(eb if al.base == "a" else ea, al, False)
     lbase, lother = base.entry.n_layers, other.entry.n_layers
     out = np.full((2, lbase, lother), np.nan)
     js = [[i] if la == lb else list(range(lother)) for i in range(lbase)]
+    if isinstance(backend, TorchBackend) and base.rotation is None:
+        for i in range(lbase):
+            for role in (0, 1):
+                out[role, i, js[i]] = _device_row(base, other, i, js[i], role, backend)
+            base.entry.release()
+            other.entry.release()
+        return (out[0], out[1]) if al.base == "a" else (out[0].T, out[1].T)
     # Packed Gram pairs are plain array passes that release the GIL: they run on threads. Anything that
     # calls BLAS (feature-form roles, Grams packed from samples, rotations) runs here, one at a time, with
     # BLAS's own threads: several threads calling BLAS at once make its thread pools fight.
@@ -294,8 +323,12 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     z_related: float = stats.Z_RELATED,
     z_inconclusive: float = stats.Z_INCONCLUSIVE,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> PairResult:
-    """Compare two cached models; the same :class:`PairResult` as :func:`awmtrace.pipeline.compare_models` gives."""
+    """Compare two cached models; the same :class:`PairResult` as :func:`awmtrace.pipeline.compare_models` gives.
+
+    ``device``: where layers are scored (as ``awm compare --device``; a torch device unpacks the Grams there), not the alignment.
+    """
     from awmtrace.nulls import load_null, null_record
     from awmtrace.pipeline import MIN_SHARED_TOKENS
 
@@ -307,7 +340,9 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
-    sq, sk = _layer_scores(ea, eb, al, default_threads() if threads is None else threads)
+    backend, device_note = select_backend(device)
+    notes.extend([device_note] if device_note else [])
+    sq, sk = _layer_scores(ea, eb, al, default_threads() if threads is None else threads, backend)
     layers, matching = _matching(sq, sk)
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
@@ -331,7 +366,7 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
         p_empirical=assessment.p_empirical,
         verdict=assessment.verdict,
         null=null_info,
-        device="cpu",
+        device=backend.name,
         elapsed_s=time.perf_counter() - started,
         notes=tuple(notes),
         tool_version=__version__,

@@ -73,6 +73,7 @@ class TorchBackend(Backend):
         self.torch = torch
         self.device = torch.device(device)
         self.name = "cuda" if self.device.type == "cuda" else "torch-cpu"
+        self._unpack: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
 
     def _t(self, x: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
@@ -104,6 +105,57 @@ class TorchBackend(Backend):
         tr_kl = float((tx.gram * ty.gram).sum(dim=1, dtype=torch.float64).sum())
         hxy = self._hsic(tr_kl, tx.total, ty.total, float(tx.row_sums @ ty.row_sums), n)
         return cka.cka_from_terms(hxy, tx.self_hsic, ty.self_hsic)
+
+    def _unpack_index(self, n: int, block: int) -> tuple[Any, Any, Any]:
+        """Where a packed Gram's values go in the flattened ``(n, n)`` matrix (:class:`~awmtrace.core.packed.PackedGram`).
+
+        ``(flat, src, mirror)``: value ``p`` lands at ``flat[p]``; values ``src`` (left of their block's
+        diagonal square) also land at ``mirror``, above the diagonal. Built once per ``(n, block)``.
+        """
+        key = (n, block)
+        if key not in self._unpack:
+            flat, src, mirror = [], [], []
+            start = 0
+            for r0 in range(0, n, block):
+                r1 = min(n, r0 + block)
+                rows = np.arange(r0, r1, dtype=np.int64)[:, None]
+                flat.append((rows * n + np.arange(r1, dtype=np.int64)).ravel())
+                left = np.arange(r0, dtype=np.int64)
+                src.append((start + (rows - r0) * r1 + left).ravel())
+                mirror.append((left * n + rows).ravel())
+                start += (r1 - r0) * r1
+            t = self.torch
+            self._unpack[key] = (
+                t.from_numpy(np.concatenate(flat)).to(self.device),
+                t.from_numpy(np.concatenate(src)).to(self.device),
+                t.from_numpy(np.concatenate(mirror)).to(self.device),
+            )
+        return self._unpack[key]
+
+    def packed_terms(self, bits: np.ndarray, n: int, block: int, index: np.ndarray | None = None,
+                     signs: np.ndarray | None = None) -> _TorchTerms:  # fmt: skip
+        """Gram terms of a packed bfloat16 Gram (zero diagonal), gathered by ``index`` (rows and columns) or signed by ``signs``.
+
+        The same matrix the numpy path builds (:meth:`PackedGram.full`, then the alignment), unpacked on the device.
+        """
+        torch = self.torch
+        flat, src, mirror = self._unpack_index(n, block)
+        vals = torch.from_numpy(np.array(bits, dtype=np.uint16).view(np.int16)).to(self.device).view(torch.bfloat16).float()
+        k = torch.zeros(n * n, dtype=torch.float32, device=self.device)
+        k[flat] = vals
+        k[mirror] = vals[src]
+        k = k.view(n, n)
+        if index is not None:
+            idx = torch.from_numpy(np.asarray(index, dtype=np.int64)).to(self.device)
+            k = k.index_select(0, idx).index_select(1, idx)
+        if signs is not None:
+            s = torch.from_numpy(np.asarray(signs, dtype=np.float32)).to(self.device)
+            k = k * s[:, None] * s[None, :]
+        r = k.sum(dim=1, dtype=torch.float64)
+        total = float(r.sum())
+        tr_kk = float((k * k).sum(dim=1, dtype=torch.float64).sum())
+        m = k.shape[0]
+        return _TorchTerms(gram=k, row_sums=r, total=total, self_hsic=self._hsic(tr_kk, total, total, float(r @ r), m))
 
     def _feature(self, t: Any) -> tuple[Any, Any, float, float]:
         torch = self.torch
