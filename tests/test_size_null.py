@@ -84,3 +84,24 @@ def test_exact_sd_is_computed_only_where_it_can_change_the_verdict(tmp_path: Pat
     # A copy passes on the bound alone (sqrt(104) > 10): no second read.
     same = compare(pb, synth.write_hf(synth.permute_hidden(base)[0], tmp_path / "c"), device="cpu")
     assert same.verdict.permutation is not None and same.verdict.permutation["sd_kind"] == "bound" and same.verdict.label == "related"
+
+
+@pytest.mark.parametrize("n", [16, 32])
+def test_matrix_takes_the_exact_sd_where_compare_does(n: int, tmp_path: Path) -> None:
+    # awm matrix scores from cached Grams; where only the exact permutation sd can pass the check, it computes it
+    # from those Grams (a narrower copy's gathered ones included) and reaches compare's verdict.
+    from awmtrace.collections.matrix import matrix
+
+    base = tiny(n, 3)
+    models = {"base": base, "drift": synth.drift(base, 0.3)}
+    if n >= 32:
+        models["pruned"] = synth.prune_width(synth.drift(base, 0.3, seed=5))
+    paths = [synth.write_hf(m, tmp_path / k) for k, m in models.items()]
+    out = matrix(paths, cache_dir=tmp_path / "cache")
+    for (i, j), r in out.results.items():
+        want = compare(paths[i], paths[j], device="cpu").verdict
+        got = r["verdict"]
+        assert got["label"] == want.label, (i, j, got, want.to_dict())
+        assert want.permutation is not None and got["permutation"]["sd_kind"] == want.permutation["sd_kind"]
+        assert got["permutation"]["sd"] == pytest.approx(want.permutation["sd"], rel=1e-3)
+    assert any(r["verdict"]["permutation"]["sd_kind"] == "exact" for r in out.results.values())

@@ -220,13 +220,68 @@ def _ucka_row(base: _Side, other: _Side, i: int, js: list[int], role: int) -> li
     return _gram_row(base, other, i, js, role)
 
 
-def assess(score: float, null_model: NullModel, z_related: float, z_inconclusive: float, n_samples: int) -> stats.Assessment:
+def assess(
+    score: float, null_model: NullModel, z_related: float, z_inconclusive: float, n_samples: int,
+    exact_sd: Callable[[], tuple[float, str] | None] | None = None,
+) -> stats.Assessment:  # fmt: skip
     """z, p-values, the size-aware permutation check and the verdict: :func:`awmtrace.core.stats.assess`, as ``compare`` uses it.
 
-    The permutation sd is the one-matrix bound (the exact sd would need each model's layer-to-layer
-    similarities); a bound can only make the check stricter, never call an extra pair related.
+    The permutation check starts from the one-matrix bound on its sd; where only the exact sd (smaller) could
+    still pass it, ``exact_sd()`` gives it (from the cached Grams, as ``compare`` does from a second read).
     """
-    return stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_samples)
+    assessment = stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_samples)
+    exact = exact_sd() if exact_sd is not None and assessment.exact_sd_could_change else None
+    if exact is None:
+        return assessment
+    return stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_samples, permutation=exact)
+
+
+def _within_terms(side: _Side, layers: list[int]) -> list[cka.GramTerms]:
+    """Gram terms of one side's scored matrices (Q, K of each matched layer, in order), aligned as they were scored.
+
+    Signs and permutations change no similarity within one model; a rectangular gather does, so it is applied.
+    """
+    out = []
+    for layer in layers:
+        for role in (0, 1):
+            if side.entry.form(role) != "gram":
+                out.append(cka.gram_terms(side.samples(layer, role)))
+                continue
+            full = side.gram(layer, role).full()
+            k = widen_bf16(full, np.empty(full.shape, dtype=np.float32))  # zero diagonal, as stored
+            out.append(cka.terms_of_gram(k[np.ix_(side.index, side.index)] if side.index is not None else k))
+    return out
+
+
+def _exact_sd(ea: CacheEntry, eb: CacheEntry, al: Alignment, layers: list[LayerScore], n: int) -> tuple[float, str] | None:
+    """The exact permutation sd from each model's within-model similarities (:func:`awmtrace.core.stats.permutation_sd`).
+
+    ``None`` (keep the bound) for a rotation, or when one model's Grams would not fit the pipeline's memory limit.
+    """
+    from awmtrace.pipeline import EXACT_SD_MAX_BYTES
+
+    if al.method == "orthogonal" or 2 * len(layers) * n * n * 4 > EXACT_SD_MAX_BYTES:
+        return None
+    base, other = _Side(ea if al.base == "a" else eb, al, True), _Side(eb if al.base == "a" else ea, al, False)
+    side_a, side_b = (base, other) if al.base == "a" else (other, base)
+    sim_a = cka.similarity_from_terms(_within_terms(side_a, [ls.index_a for ls in layers]))
+    sim_b = cka.similarity_from_terms(_within_terms(side_b, [ls.index_b for ls in layers]))
+    return stats.permutation_sd(n, sim_a, sim_b)
+
+
+#: One backend per device in each process: a torch backend keeps the unpacking index of each Gram size.
+_BACKENDS: dict[str, tuple[Backend, str | None]] = {}
+
+
+def _backend(device: str, al: Alignment, notes: list[str]) -> Backend:
+    """This process's backend for ``device``; what the result should say about it goes into ``notes``."""
+    if device not in _BACKENDS:
+        _BACKENDS[device] = select_backend(device)
+    backend, note = _BACKENDS[device]
+    notes.extend([note] if note else [])
+    if isinstance(backend, TorchBackend) and al.method == "orthogonal":
+        notes.append(f"a rotation is scored on the CPU path, not on {backend.name}")
+    return backend
 
 
 def _device_terms(side: _Side, layer: int, role: int, backend: TorchBackend) -> Any:
@@ -340,14 +395,13 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     n_small = min(al.hidden_size_a, al.hidden_size_b)
     if al.n_shared_tokens < n_small:
         notes.append(f"only {al.n_shared_tokens} shared tokens for {n_small} hidden dimensions: the alignment may be unreliable")
-    backend, device_note = select_backend(device)
-    notes.extend([device_note] if device_note else [])
+    backend = _backend(device, al, notes)
     sq, sk = _layer_scores(ea, eb, al, default_threads() if threads is None else threads, backend)
     layers, matching = _matching(sq, sk)
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
-    assessment = assess(score, null_model, z_related, z_inconclusive, n_small)
+    assessment = assess(score, null_model, z_related, z_inconclusive, n_small, lambda: _exact_sd(ea, eb, al, layers, n_small))
     notes.extend(al.quality.get("notes", []))
     null_info, caveat = null_record(null_model, al.method)
     notes.extend([caveat] if caveat else [])

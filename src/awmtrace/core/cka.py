@@ -50,7 +50,7 @@ against all permutations of small matrices and against Monte Carlo.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,7 @@ __all__ = [
     "GramTerms",
     "FeatureTerms",
     "gram_terms",
+    "terms_of_gram",
     "feature_terms",
     "hsic_from_sums",
     "hsic_from_gram_terms",
@@ -71,6 +72,7 @@ __all__ = [
     "float32_out_of_range",
     "permutation_variance",
     "similarity_matrix",
+    "similarity_from_terms",
     "cka_from_terms",
     "unbiased_linear_cka",
     "unbiased_hsic_gram",
@@ -279,6 +281,15 @@ def gram_terms(x: np.ndarray, out: np.ndarray | None = None) -> GramTerms:
     return GramTerms(gram=k, row_sums=row_sums, total=total, self_hsic=self_hsic)
 
 
+def terms_of_gram(k: np.ndarray) -> GramTerms:
+    """:class:`GramTerms` of a Gram given in full: ``(n, n)`` float32, symmetric, zero diagonal (e.g. a cached one, widened)."""
+    upper = np.asfortranarray(np.triu(k, 1))
+    row_sums, sq = _gram_stats(upper)
+    total = float(row_sums.sum())
+    return GramTerms(gram=upper, row_sums=row_sums, total=total,
+                     self_hsic=hsic_from_sums(2.0 * sq, total, total, float(row_sums @ row_sums), k.shape[0]))  # fmt: skip
+
+
 def hsic_from_gram_terms(tk: GramTerms, tl: GramTerms) -> float:
     """Unbiased HSIC between two matrices from their :class:`GramTerms` (same n)."""
     if tk.n != tl.n:
@@ -378,7 +389,11 @@ def similarity_matrix(xs: Iterable[np.ndarray]) -> np.ndarray:
     into its Gram as it arrives (an iterator may reuse its buffers); holds
     ``m`` Grams of ``n x n`` float32 at once: meant for small ``n``.
     """
-    terms = [gram_terms(x) for x in xs]
+    return similarity_from_terms([gram_terms(x) for x in xs])
+
+
+def similarity_from_terms(terms: Sequence[GramTerms]) -> np.ndarray:
+    """:func:`similarity_matrix` from the matrices' :class:`GramTerms` (e.g. built from stored Grams)."""
     m = len(terms)
     out = np.eye(m)
     for i in range(m):
