@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh
 from scipy.linalg.blas import dsyrk, sgemm, sger
-from scipy.optimize import linear_sum_assignment
 
 from awmtrace.core.cka import unbiased_linear_cka
+from awmtrace.core.lap import linear_sum_assignment
 from awmtrace.errors import NumericalError, VocabularyError
 
 __all__ = [
