@@ -160,3 +160,25 @@ def test_may_certify_threshold_is_where_the_bound_at_zero_meets_the_margin() -> 
     c = (MARGIN + np.sqrt(2 - MARGIN**2)) / 2
     assert np.sqrt(1 - c * c) == pytest.approx(c - MARGIN)
     assert may_certify(np.array([c + 1e-6, 0.99])) and not may_certify(np.array([c - 1e-6, 0.99]))
+
+
+def test_an_unrelated_pair_is_told_from_a_small_gate_and_a_related_one_passes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from awmtrace.core import certify
+
+    calls: list[tuple[int, int]] = []
+    real = certify._best_cosines
+
+    def counted(sample_base: np.ndarray, sample_other: np.ndarray) -> object:
+        calls.append(sample_other.shape)
+        return real(sample_base, sample_other)
+
+    monkeypatch.setattr(certify, "_best_cosines", counted)
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((1024, 1024)).astype(np.float32), rng.standard_normal((1024, 1024)).astype(np.float32)
+    assert candidate(a, b) is None
+    assert calls == [(certify.GATE_ROWS, certify.GATE_ROWS)]  # the gate alone: no (1024, 1024) cosine matrix
+    calls.clear()
+    base, other, index, _ = _embeddings(1024, 1024, 0.3, seed=6)
+    got = candidate(base, other)
+    assert got is not None and np.array_equal(got, index)
+    assert calls == [(certify.GATE_ROWS, certify.GATE_ROWS), (1024, 1024)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from scipy.linalg import eigh
 from scipy.linalg.blas import dsyrk, sgemm, sger
 
 from awmtrace.core.cka import unbiased_linear_cka
+from awmtrace.core.colstats import ColumnStats, EmbeddingStats
 from awmtrace.core.lap import linear_sum_assignment
 from awmtrace.errors import NumericalError, VocabularyError
 
@@ -68,59 +69,8 @@ ORTH_MIN_QUALITY = 0.9
 ORTH_MIN_ROWS_PER_DIM = 2
 #: Evenly spaced shared-token rows kept for the embedding CKA.
 CKA_SAMPLE_ROWS = 2048
-#: Row blocks are brought within ``2**-SAFE_EXPONENT .. 2**SAFE_EXPONENT`` by exact power-of-two scaling.
-SAFE_EXPONENT = 30
 #: Singular values below this fraction of the largest count as zero (rank of the cross-covariance).
 RANK_RTOL = 1e-6
-
-
-@dataclass
-class _Side:
-    """Running column statistics of one model's rows, in units of ``2**exponent``."""
-
-    n: int
-    exponent: int | None = None
-    sums: np.ndarray = field(init=False)
-    sq: np.ndarray = field(init=False)
-    samples: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (exponent when stored, rows)
-
-    def __post_init__(self) -> None:
-        self.sums = np.zeros(self.n, dtype=np.float64)
-        self.sq = np.zeros(self.n, dtype=np.float64)
-
-    def block_exponent(self, rows: np.ndarray) -> int:
-        """The exponent this side uses from this block on (raised when the block would leave the safe range)."""
-        peak = float(max(np.max(rows, initial=0.0), -np.min(rows, initial=0.0)))
-        if not math.isfinite(peak):  # max/min propagate NaN and Inf: this is the finiteness check too
-            raise NumericalError("the token embedding holds NaN or Inf values")
-        if peak == 0.0:
-            return self.exponent if self.exponent is not None else 0
-        exp = math.frexp(peak)[1]  # peak = m * 2**exp, 0.5 <= m < 1
-        if self.exponent is None:
-            return 0 if -SAFE_EXPONENT <= exp <= SAFE_EXPONENT else exp
-        return exp if exp - self.exponent > SAFE_EXPONENT else self.exponent
-
-
-@dataclass(frozen=True)
-class EmbeddingStats:
-    """Column statistics of the shared-token rows, in the accumulator's (power-of-two scaled) units.
-
-    ``sum_*``/``sq_*``: ``(n,)`` float64 column sums and sums of squares;
-    ``sample_*``: ``(m, n)`` float32 evenly spaced rows (the same tokens on both sides).
-    """
-
-    n_rows: int
-    sum_base: np.ndarray
-    sum_other: np.ndarray
-    sq_base: np.ndarray
-    sq_other: np.ndarray
-    sample_base: np.ndarray
-    sample_other: np.ndarray
-
-    def centred_sq(self, side: str) -> np.ndarray:
-        """``(n,)`` squared norms of the centred columns (``sum (x - mean)^2``)."""
-        s, q = (self.sum_base, self.sq_base) if side == "base" else (self.sum_other, self.sq_other)
-        return np.maximum(q - s * s / max(self.n_rows, 1), 0.0)
 
 
 class CosineAccumulator:
@@ -145,8 +95,8 @@ class CosineAccumulator:
         self.n_base = n_base
         self.n_other = n_other
         self._cross = self._new_cross()
-        self._base = _Side(n_base)
-        self._other = _Side(n_other)
+        self._base = ColumnStats(n_base)
+        self._other = ColumnStats(n_other)
         self._positions = (
             np.unique(np.linspace(0, n_rows_total - 1, min(n_rows_total, sample_rows)).round().astype(np.int64))
             if n_rows_total
@@ -167,7 +117,7 @@ class CosineAccumulator:
         if not np.shares_memory(out, self._cross):  # pragma: no cover - ruled out by the layouts above
             raise RuntimeError("sgemm did not accumulate into the cosine buffer")
 
-    def _scaled(self, side: _Side, rows: np.ndarray) -> np.ndarray:
+    def _scaled(self, side: ColumnStats, rows: np.ndarray) -> np.ndarray:
         """``rows`` as float32 in this side's units, rescaling what was accumulated when the exponent rises."""
         exp = side.block_exponent(rows)
         if side.exponent is not None and exp != side.exponent:
@@ -191,9 +141,8 @@ class CosineAccumulator:
         rb = self._scaled(self._base, rows_base)
         ro = self._scaled(self._other, rows_other)
         self._add_cross(rb, ro)
-        for side, rows in ((self._base, rb), (self._other, ro)):
-            side.sums += rows.sum(axis=0, dtype=np.float64)
-            side.sq += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+        self._base.add(rb)
+        self._other.add(ro)
         start = self.n_rows
         self.n_rows += rb.shape[0]
         lo, hi = np.searchsorted(self._positions, [start, self.n_rows])
@@ -202,7 +151,7 @@ class CosineAccumulator:
             for side, rows in ((self._base, rb), (self._other, ro)):
                 side.samples.append((int(side.exponent or 0), rows[local].copy()))
 
-    def _samples(self, side: _Side) -> np.ndarray:
+    def _samples(self, side: ColumnStats) -> np.ndarray:
         if not side.samples:
             return np.zeros((0, side.n), dtype=np.float32)
         final = side.exponent or 0
