@@ -201,3 +201,18 @@ def test_torch_device_scores_as_the_numpy_path(collection: list[Path], result: A
             assert out.score[i][j] == pytest.approx(result.score[i][j], abs=2e-6), (NAMES[i], NAMES[j])
             assert out.verdict[i][j] == result.verdict[i][j]
     assert {r["device"] for r in out.results.values()} == {device}
+
+
+def test_a_device_that_is_not_there_fails_in_one_line_before_any_model_is_read(collection: list[Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from awmtrace.cli import main
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = ["matrix", str(collection[0]), str(collection[1]), "--device", "cuda", "--cache-dir", str(tmp_path / "c")]
+    r = CliRunner().invoke(main, [*args, "--store", str(tmp_path / "s.sqlite")])
+    assert r.exit_code == 3, r.output
+    assert "--device cuda is not available" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # nothing extracted

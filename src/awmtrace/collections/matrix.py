@@ -232,6 +232,10 @@ def matrix(  # noqa: PLR0913 - keyword options, until one frozen options object 
     if len(specs) < 2:
         raise UsageError(f"awm matrix needs at least two models, got {len(specs)}")
     progress = progress or (lambda stage, done, total: None)
+    if device != "cpu":
+        from awmtrace.core.backend import select_backend
+
+        select_backend(device)  # a device that is not there fails here, in one line, before any model is read
     cache = ModelCache(cache_dir, cache_limit_bytes)
     eng = engine if isinstance(engine, engine_mod.Engine) else engine_mod.make_engine(engine, workers, ray_address)
     own_store = store is not None and not isinstance(store, ResultsStore)
