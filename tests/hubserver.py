@@ -435,3 +435,17 @@ def point_hub_at(monkeypatch: Any, srv: HubServer, home: Path) -> None:
     monkeypatch.delenv("AWMTRACE_CACHE", raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setattr(hub.http, "RETRY_WAIT_S", 0.0)
+
+
+@contextlib.contextmanager
+def serving(monkeypatch: Any, home: Path) -> Iterator[HubServer]:
+    """A started :class:`HubServer` that huggingface_hub and awmtrace talk to (:func:`point_hub_at`), stopped after."""
+    from huggingface_hub.utils import close_session
+
+    srv = HubServer().start()
+    point_hub_at(monkeypatch, srv, home)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        close_session()

@@ -21,7 +21,7 @@ from awmtrace.io import hub
 from awmtrace.pipeline import compare, hub_tensors, open_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import Fault, HubServer, point_hub_at
+from hubserver import Fault, HubServer, serving
 
 
 def fetch(spec: str, **kwargs: object) -> hub.FetchResult:
@@ -46,18 +46,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models: dict[str, Path]) -> Iterator[HubServer]:
-    from huggingface_hub.utils import close_session
-
-    srv = HubServer().start()
-    srv.add_folder("acme/big", models["big"])
-    srv.add_folder("acme/bf16", models["bf16"])
-    srv.add_folder("acme/gated", models["big"], gated=True, tokens=("hf_good",))
-    point_hub_at(monkeypatch, srv, tmp_path / "hf")
-    try:
+    with serving(monkeypatch, tmp_path / "hf") as srv:
+        srv.add_folder("acme/big", models["big"])
+        srv.add_folder("acme/bf16", models["bf16"])
+        srv.add_folder("acme/gated", models["big"], gated=True, tokens=("hf_good",))
         yield srv
-    finally:
-        srv.stop()
-        close_session()
 
 
 def _weights_bytes(folder: Path) -> int:

@@ -24,7 +24,7 @@ from awmtrace.io.card import CARD_READ_BYTES, MAX_CARD_BYTES, card_base_models
 from awmtrace.pipeline import hub_tensors
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer, point_hub_at
+from hubserver import HubServer, serving
 
 
 def card(*lines: str) -> str:
@@ -108,15 +108,8 @@ def test_the_card_belongs_to_the_input_not_to_the_shared_cache_entry(family: dic
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
-    from huggingface_hub.utils import close_session
-
-    srv = HubServer().start()
-    point_hub_at(monkeypatch, srv, tmp_path / "hf")
-    try:
+    with serving(monkeypatch, tmp_path / "hf") as srv:
         yield srv
-    finally:
-        srv.stop()
-        close_session()
 
 
 def with_card(folder: Path, dest: Path, text: str) -> Path:

@@ -19,7 +19,7 @@ from awmtrace.pipeline import hub_tensors
 from awmtrace.report.schema import load_schema
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer, point_hub_at
+from hubserver import HubServer, serving
 
 JAN = "2024-01-03T12:00:00.000Z"
 MAY = "2024-05-10T08:00:00.000Z"
@@ -39,15 +39,8 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
-    from huggingface_hub.utils import close_session
-
-    srv = HubServer().start()
-    point_hub_at(monkeypatch, srv, tmp_path / "hf")
-    try:
+    with serving(monkeypatch, tmp_path / "hf") as srv:
         yield srv
-    finally:
-        srv.stop()
-        close_session()
 
 
 def run_matrix(tmp_path: Path, *models: str) -> dict[str, Any]:

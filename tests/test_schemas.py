@@ -18,7 +18,7 @@ from awmtrace.cli import main
 from awmtrace.report.schema import SCHEMA_VERSION, SCHEMAS, load_schema
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer, point_hub_at
+from hubserver import HubServer, serving
 
 
 def run_json(*args: str) -> dict[str, Any]:
@@ -119,18 +119,10 @@ def test_evaluate_and_calibrate_outputs_validate(tmp_path: Path) -> None:
 
 @pytest.fixture
 def hub_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
-    from huggingface_hub.utils import close_session
-
-    srv = HubServer().start()
-    srv.add_folder(
-        "acme/tiny", synth.write_hf(synth.random_llama(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab=512), tmp_path / "tiny")
-    )
-    point_hub_at(monkeypatch, srv, tmp_path / "hf")
-    try:
+    with serving(monkeypatch, tmp_path / "hf") as srv:
+        tiny = synth.random_llama(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab=512)
+        srv.add_folder("acme/tiny", synth.write_hf(tiny, tmp_path / "tiny"))
         yield srv
-    finally:
-        srv.stop()
-        close_session()
 
 
 def test_fetch_output_validates_and_hub_models_record_repo_and_commit(hub_server: HubServer) -> None:

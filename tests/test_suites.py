@@ -30,7 +30,7 @@ from awmtrace.suites import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer, point_hub_at
+from hubserver import serving
 
 PAPER_COUNTS = {
     "sft_pairs": 10,
@@ -116,12 +116,7 @@ def test_bad_suites_files_give_one_line_errors(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny(tmp_path: Path, family: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
     """A five-pair suite over the planted family, one model only on a local Hub, one nowhere."""
-    from huggingface_hub.utils import close_session
-
     hubbed = synth.write_hf(synth.drift(synth.random_llama(seed=0), 0.2, seed=9), tmp_path / "hubbed")
-    srv = HubServer().start()
-    srv.add_folder("acme/hubbed", hubbed)
-    point_hub_at(monkeypatch, srv, tmp_path / "hf")
     suites = {
         "suites": {
             "tiny": {
@@ -139,11 +134,9 @@ def tiny(tmp_path: Path, family: dict[str, Path], monkeypatch: pytest.MonkeyPatc
     for name in ("base", "drift", "independent"):
         (models / name).symlink_to(family[name], target_is_directory=True)
     (models / "org" / "perm").symlink_to(family["perm"], target_is_directory=True)
-    try:
+    with serving(monkeypatch, tmp_path / "hf") as srv:
+        srv.add_folder("acme/hubbed", hubbed)
         yield {"suites": tmp_path / "suites.json", "models": models, "store": tmp_path / "results.sqlite", "hub": hubbed}
-    finally:
-        srv.stop()
-        close_session()
 
 
 def _counting_open(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
