@@ -235,3 +235,16 @@ def test_html_report_shows_the_alignment_caveat_once(models: dict[str, Path], tm
     out = write_pair_report(r, tmp_path / "pair.html") or tmp_path / "pair.html"
     html = Path(out).read_text(encoding="utf-8")
     assert html.count("this score used the orthogonal alignment") == 1
+
+
+def test_matrix_scores_rotated_copies_as_compare_does(models: dict[str, Path], tmp_path: Path) -> None:
+    # awm matrix scores an orthogonal alignment from its cached Grams (rotated there, not gathered): same scores as compare.
+    from awmtrace.collections.matrix import matrix
+
+    names = ["base", "rotated", "rotated-width", "rotated-depth"]
+    out = matrix([models[n] for n in names], cache_dir=tmp_path / "cache")
+    for j in range(1, len(names)):
+        want = compare(models["base"], models[names[j]], device="cpu")
+        assert out.results[(0, j)]["alignment"]["method"] == want.alignment["method"] == "orthogonal", names[j]
+        assert out.score[0][j] == pytest.approx(want.score, abs=2e-5), names[j]
+        assert out.verdict[0][j] == want.verdict.label
