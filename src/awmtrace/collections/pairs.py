@@ -118,13 +118,17 @@ class _Side:
         info = self.entry.manifest["roles"][role]
         return PackedGram(self.entry.stored(layer, role), self.entry.hidden_size, int(info["block"]))
 
+    def full_gram(self, layer: int, role: int) -> np.ndarray:
+        """The stored Gram in full, float32, with its zero diagonal (as stored; not aligned)."""
+        full = self.gram(layer, role).full()
+        return widen_bf16(full, np.empty(full.shape, dtype=np.float32))
+
     def wide(self, layer: int, role: int) -> np.ndarray:
         """The stored matrix widened to float32, a Gram in full with its diagonal restored (what a rotation needs)."""
         if self.entry.form(role) != "gram":
             bits = self.entry.stored(layer, role)
             return widen_bf16(bits, np.empty(bits.shape, dtype=np.float32))
-        full = self.gram(layer, role).full()
-        out = widen_bf16(full, np.empty(full.shape, dtype=np.float32))
+        out = self.full_gram(layer, role)
         out[np.diag_indices(out.shape[0])] = self.entry.stats(layer, role)[1]
         return out
 
@@ -178,11 +182,6 @@ def _gram_row(base: _Side, other: _Side, i: int, js: list[int], role: int) -> li
     return out
 
 
-def _stats_of(k: np.ndarray) -> tuple[np.ndarray, float, float]:
-    rows = k.sum(axis=1, dtype=np.float64)
-    return rows, float(rows.sum()), float(np.einsum("ij,ij->i", k, k).sum(dtype=np.float64))
-
-
 def _rotated_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
     """An orthogonal alignment: ``R' (K~ + diag) R`` with its diagonal zeroed, against the other's Gram (float32, in full)."""
     assert base.rotation is not None
@@ -192,17 +191,9 @@ def _rotated_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float
         x = base.samples(i, role)
         k = x @ x.T
     np.fill_diagonal(k, 0.0)
-    if other.entry.form(role) == "gram":
-        full = other.gram(j, role).full()
-        lo = widen_bf16(full, np.empty(full.shape, np.float32))
-    else:
-        y = other.samples(j, role)
-        lo = y @ y.T
-        np.fill_diagonal(lo, 0.0)
-    (rk, tk, sk), (rl, tl, sl) = _stats_of(k), _stats_of(lo)
-    tr = float(np.einsum("ij,ij->i", k, lo).sum(dtype=np.float64))
-    n = k.shape[0]
-    return cka_from_terms(_hsic(tr, tk, tl, float(rk @ rl), n), _hsic(sk, tk, tk, float(rk @ rk), n), _hsic(sl, tl, tl, float(rl @ rl), n))
+    tk = cka.terms_of_gram(k)
+    tl = cka.terms_of_gram(other.full_gram(j, role)) if other.entry.form(role) == "gram" else cka.gram_terms(other.samples(j, role))
+    return cka_from_terms(cka.hsic_from_gram_terms(tk, tl), tk.self_hsic, tl.self_hsic)
 
 
 def _feature_ucka(base: _Side, other: _Side, i: int, j: int, role: int) -> float:
@@ -247,8 +238,7 @@ def _within_terms(side: _Side, layers: list[int]) -> list[cka.GramTerms]:
             if side.entry.form(role) != "gram":
                 out.append(cka.gram_terms(side.samples(layer, role)))
                 continue
-            full = side.gram(layer, role).full()
-            k = widen_bf16(full, np.empty(full.shape, dtype=np.float32))  # zero diagonal, as stored
+            k = side.full_gram(layer, role)
             out.append(cka.terms_of_gram(k[np.ix_(side.index, side.index)] if side.index is not None else k))
     return out
 
