@@ -603,14 +603,8 @@ def _assess(
     """
     z_related, z_inconclusive, z_permutation = thresholds
     n = min(sides.al.hidden_size_a, sides.al.hidden_size_b)
-    assessment = stats.assess(score, null, z_related, z_inconclusive, n_samples=n, z_permutation=z_permutation)
-    if not assessment.exact_sd_could_change:
-        return assessment
-    # The null says related and the one-matrix bound refused: only the exact sd (smaller) can still pass it.
-    exact = _exact_permutation_sd(sides, layers, n, progress)
-    if exact is None:
-        return assessment
-    return stats.assess(score, null, z_related, z_inconclusive, n_samples=n, permutation=exact, z_permutation=z_permutation)
+    return stats.assess(score, null, z_related, z_inconclusive, n_samples=n, z_permutation=z_permutation,
+                        exact_sd=lambda: _exact_permutation_sd(sides, layers, n, progress))  # fmt: skip
 
 
 def _exact_permutation_sd(sides: AlignedReader, layers: Sequence[LayerScore], n: int, progress: Progress) -> tuple[float, str] | None:

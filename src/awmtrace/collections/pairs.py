@@ -37,7 +37,7 @@ from awmtrace.errors import VocabularyError
 from awmtrace.io.base import RowReader, TensorSource
 from awmtrace.types import Alignment, LayerScore, NullModel, PairResult
 
-__all__ = ["cached_model", "align_entries", "assess", "score_pair", "default_threads"]
+__all__ = ["cached_model", "align_entries", "score_pair", "default_threads"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -211,22 +211,6 @@ def _ucka_row(base: _Side, other: _Side, i: int, js: list[int], role: int) -> li
     return _gram_row(base, other, i, js, role)
 
 
-def assess(
-    score: float, null_model: NullModel, z_related: float, z_inconclusive: float, n_samples: int,
-    exact_sd: Callable[[], tuple[float, str] | None] | None = None,
-) -> stats.Assessment:  # fmt: skip
-    """z, p-values, the size-aware permutation check and the verdict: :func:`awmtrace.core.stats.assess`, as ``compare`` uses it.
-
-    The permutation check starts from the one-matrix bound on its sd; where only the exact sd (smaller) could
-    still pass it, ``exact_sd()`` gives it (from the cached Grams, as ``compare`` does from a second read).
-    """
-    assessment = stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_samples)
-    exact = exact_sd() if exact_sd is not None and assessment.exact_sd_could_change else None
-    if exact is None:
-        return assessment
-    return stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_samples, permutation=exact)
-
-
 def _within_terms(side: _Side, layers: list[int]) -> list[cka.GramTerms]:
     """Gram terms of one side's scored matrices (Q, K of each matched layer, in order), aligned as they were scored.
 
@@ -391,7 +375,8 @@ def score_pair(  # noqa: PLR0913 - keyword options, as compare_models takes them
     score_q = float(np.mean([s.score_q for s in layers]))
     score_k = float(np.mean([s.score_k for s in layers]))
     score = (score_q + score_k) / 2.0
-    assessment = assess(score, null_model, z_related, z_inconclusive, n_small, lambda: _exact_sd(ea, eb, al, layers, n_small))
+    assessment = stats.assess(score, null_model, z_related, z_inconclusive, n_samples=n_small,
+                              exact_sd=lambda: _exact_sd(ea, eb, al, layers, n_small))  # fmt: skip
     notes.extend(al.quality.get("notes", []))
     null_info, caveat = null_record(null_model, al.method)
     notes.extend([caveat] if caveat else [])

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -232,6 +232,7 @@ def assess(
     n_samples: int | None = None,
     permutation: tuple[float, str] | None = None,
     z_permutation: float = Z_PERMUTATION,
+    exact_sd: Callable[[], tuple[float, str] | None] | None = None,
 ) -> Assessment:
     """z, normal-tail p, empirical p (when ``null`` holds raw scores), permutation check and verdict of ``score``.
 
@@ -241,6 +242,8 @@ def assess(
     Related needs ``z >= z_related`` under ``null`` *and* permutation
     ``z >= z_permutation``; a pair the null calls related but the permutation
     check does not is ``inconclusive``, decided by ``"permutation"``.
+    ``exact_sd``: computes the exact ``(sd, kind)`` (or ``None``); called only when the bound refused a pair
+    the null calls related (:attr:`Assessment.exact_sd_could_change`), the one case where it can change the verdict.
     """
     z = z_score(score, null)
     by_null = verdict(z, z_related, z_inconclusive)
@@ -248,7 +251,7 @@ def assess(
     if n_samples is not None:
         sd, kind = permutation if permutation is not None else (None, "bound")
         check = permutation_check(score, n_samples, sd, kind, z_permutation)
-    return Assessment(
+    out = Assessment(
         z=z,
         p_value=normal_p_value(z),
         p_empirical=empirical_p_value(score, null.scores),
@@ -257,6 +260,10 @@ def assess(
         permutation=check,
         null_label=by_null.label,
     )
+    exact = exact_sd() if exact_sd is not None and out.exact_sd_could_change else None
+    if exact is None:
+        return out
+    return assess(score, null, z_related, z_inconclusive, n_samples=n_samples, permutation=exact, z_permutation=z_permutation)
 
 
 def _decide(by_null: Verdict, check: PermutationCheck | None, null_name: str) -> Verdict:
