@@ -163,9 +163,9 @@ def _packed_gram(x: np.ndarray, buf: np.ndarray, out: np.ndarray, stats: np.ndar
     diag = np.einsum("ii->i", k)
     if cka.float32_out_of_range(float(diag.max())):
         # UCKA is scale-invariant: a power of two brings an overflowing (or vanishing) Gram back into range.
-        scale = cka.float32_rescale(float(np.max(np.abs(x))), x.shape[1])
-        if scale is not None:
-            k = cka._syrk_upper(x * np.float32(scale), out=buf)
+        scaled = cka._rescaled(x)
+        if scaled is not None:
+            k = cka._syrk_upper(scaled, out=buf)
     st = pack_gram(k, out)
     stats[:n] = st.rows
     stats[n : 2 * n] = np.einsum("ii->i", k)
@@ -184,10 +184,7 @@ def _packed_samples(x: np.ndarray, out: np.ndarray, stats: np.ndarray) -> None:
     if peak > 0.0:
         x = x * np.float32(2.0 ** -math.frexp(peak)[1])
     round_bf16(x, out, np.empty(x.shape, dtype=np.uint32))
-    wide = widen_bf16(out, np.empty(x.shape, dtype=np.float32))
-    upper = cka._syrk_upper(wide, trans=1)  # (p, p) upper triangle of X'X (scipy's BLAS, as the Grams)
-    diag = np.einsum("ii->i", upper).astype(np.float64)
-    stats[0] = 2.0 * float(np.einsum("ij,ij->i", upper, upper).sum(dtype=np.float64)) - float(diag @ diag)
+    stats[0] = cka.xtx_sq_norm(widen_bf16(out, np.empty(x.shape, dtype=np.float32)))
 
 
 def _roles(first: tuple[np.ndarray, np.ndarray], n: int, n_layers: int, force_gram: bool) -> list[dict[str, Any]]:

@@ -65,6 +65,7 @@ __all__ = [
     "gram_terms",
     "terms_of_gram",
     "feature_terms",
+    "xtx_sq_norm",
     "hsic_from_sums",
     "hsic_from_gram_terms",
     "hsic_from_feature_terms",
@@ -346,12 +347,17 @@ def _feature_terms(x: np.ndarray, xtx_sq: float | None = None) -> FeatureTerms:
     row_sums = sgemv(1.0, xf, col_sums.astype(np.float32), trans=int(flipped)).astype(np.float64) - sq_norms
     total = float(col_sums @ col_sums - sq_norms.sum())
     if xtx_sq is None:
-        xtx = _syrk_upper(x, trans=1)  # (p, p) upper triangle of X'X
-        diag = np.einsum("ii->i", xtx).astype(np.float64)
-        xtx_sq = 2.0 * _rowwise_dot64(xtx, xtx) - float(diag @ diag)
+        xtx_sq = xtx_sq_norm(x)
     tr_kk = xtx_sq - float(sq_norms @ sq_norms)
     self_hsic = hsic_from_sums(tr_kk, total, total, float(row_sums @ row_sums), n)
     return FeatureTerms(x=x, sq_norms=sq_norms, row_sums=row_sums, total=total, self_hsic=self_hsic)
+
+
+def xtx_sq_norm(x: np.ndarray) -> float:
+    """``||X'X||_F^2`` of samples ``x`` ``(n, p)`` float32: one SYRK of the ``(p, p)`` upper triangle, float64 sums."""
+    xtx = _syrk_upper(x, trans=1)
+    diag = np.einsum("ii->i", xtx).astype(np.float64)
+    return 2.0 * _rowwise_dot64(xtx, xtx) - float(diag @ diag)
 
 
 def hsic_from_feature_terms(tk: FeatureTerms, tl: FeatureTerms) -> float:
