@@ -51,6 +51,7 @@ import numpy as np
 
 from awmtrace._version import __version__
 from awmtrace.arch import resolve as arch_resolve
+from awmtrace.core.packed import widen_bf16
 from awmtrace.errors import AwmError
 from awmtrace.io.fingerprint import content_fingerprint
 from awmtrace.io.vocab import Vocab
@@ -212,9 +213,7 @@ class CacheEntry:
 
     def embedding_to_float32(self, block: np.ndarray) -> np.ndarray:
         if self.manifest["embedding"]["dtype"] == "BF16":
-            wide = block.astype(np.uint32)
-            wide <<= 16
-            return wide.view(np.float32)
+            return widen_bf16(block, np.empty(block.shape, dtype=np.float32))
         return block.astype(np.float32)
 
     def form(self, role: int) -> str:
